@@ -1,0 +1,100 @@
+//! The composition root: from a [`Config`] and a [`Registry`] to a running
+//! worker, plus the one-shot commands.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::handler::{Registry, Services};
+use crate::resque::{Store, WorkerId, payload};
+use crate::shutdown::{Control, StopReport};
+use crate::worker::{QueueSpec, Runner};
+
+/// Run a worker with `config` and `registry` until `control` stops it.
+pub async fn run(
+    config: &Config,
+    registry: Registry,
+    control: mpsc::UnboundedReceiver<Control>,
+) -> anyhow::Result<StopReport> {
+    let store = connect(config).await?;
+    let mut registry = registry;
+    crate::plugin::register_all(&config.plugins, &mut registry)?;
+    let registry = Arc::new(registry);
+    let queues = QueueSpec::new(&config.queues);
+    let host = hostname();
+    let pid = std::process::id();
+    let slots = (1..=config.concurrency)
+        .map(|n| WorkerId::new(&host, pid, n, &queues.id_part()))
+        .collect();
+    let runner = Runner {
+        services: Services::new(store.clone()),
+        store,
+        registry: registry.clone(),
+        slots,
+        queues,
+        interval: config.interval,
+        shutdown_timeout: config.shutdown_timeout,
+        heartbeat_interval: config.heartbeat_interval,
+        unknown_class: config.unknown_class,
+    };
+    let report = runner.run(control).await;
+    // No job runs any more: close plugin processes and connections.
+    registry.shutdown().await;
+    Ok(report?)
+}
+
+/// `ah-worker enqueue`: push one job as node-resque writes it.
+pub async fn enqueue(
+    config: &Config,
+    class: &str,
+    queue: &str,
+    args: serde_json::Value,
+) -> anyhow::Result<()> {
+    let store = connect(config).await?;
+    store
+        .enqueue(queue, payload::encode_job(class, queue, args).as_bytes())
+        .await
+        .context("enqueue failed")?;
+    Ok(())
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Store> {
+    Store::connect(&config.redis_url, &config.namespace)
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", redacted(&config.redis_url)))
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<credentials>@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The kernel's host name, as Ruby's `Socket.gethostname` and node's
+/// `os.hostname()` return it. A `:` would break every peer's id parsing, so
+/// it is replaced.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().replace(':', "-"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            super::redacted("redis://u:secret@h:1/0"),
+            "redis://<credentials>@h:1/0"
+        );
+        assert_eq!(super::redacted("redis://h:1/0"), "redis://h:1/0");
+    }
+}

@@ -1,0 +1,104 @@
+//! Command-line flags. Doc comments here are the `--help` text.
+//!
+//! Flags are raw: [`crate::config::Config::load`] merges them with the
+//! environment and the config file and validates the result.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A Resque-compatible background-job worker.
+///
+/// Takes jobs from `resque:` queues in Redis next to Ruby Resque workers and
+/// node-resque / actionHero processes, and records everything as they do.
+///
+/// Settings come from flags, then the environment, then the config file, then
+/// the defaults. Environment: REDIS_URL, QUEUES or QUEUE, INTERVAL (Resque's
+/// names) and AH_WORKER_CONFIG, AH_WORKER_NAMESPACE, AH_WORKER_CONCURRENCY,
+/// AH_WORKER_SHUTDOWN_TIMEOUT, AH_WORKER_LOG_FORMAT, AH_WORKER_LOG_LEVEL
+/// (or RUST_LOG).
+#[derive(Debug, Parser)]
+#[command(name = "ah-worker", version, propagate_version = true)]
+pub struct Cli {
+    /// Connection and worker settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// What to do; without one, run the worker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Args, Default, Clone)]
+pub struct RunArgs {
+    /// Queues in priority order, comma-separated. `*` is every queue in
+    /// `resque:queues` (sorted); `!name` excludes a queue.
+    #[arg(long, short = 'q', value_name = "LIST", global = true)]
+    pub queues: Option<String>,
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0.
+    #[arg(long, value_name = "URL", global = true, hide_default_value = true)]
+    pub redis: Option<String>,
+    /// Key namespace shared with the other workers [default: resque].
+    #[arg(long, value_name = "NAME", global = true)]
+    pub namespace: Option<String>,
+    /// Job slots in this process, each registered as one Resque worker [default: 10].
+    #[arg(long, short = 'c', value_name = "N", global = true)]
+    pub concurrency: Option<String>,
+    /// Longest wait between checks of an idle queue (seconds or a duration
+    /// like 500ms); 0 drains the queues and exits, as Resque's INTERVAL=0 does
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub interval: Option<String>,
+    /// How long TERM/INT lets running jobs finish before putting them back at
+    /// the head of their queues [default: 25s].
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub shutdown_timeout: Option<String>,
+    /// TOML config file (see config/ah-worker.toml).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory of plugin declarations, one `*.toml` file per plugin.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub plugins_dir: Option<PathBuf>,
+    /// Log line format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// Log level or filter, e.g. debug or ah_worker=trace [default: info].
+    #[arg(long, value_name = "FILTER", global = true)]
+    pub log_level: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker (the default).
+    Run,
+    /// Push one job onto a queue, as node-resque's `enqueue` writes it.
+    Enqueue {
+        /// The job's class.
+        class: String,
+        /// The queue [default: default].
+        #[arg(long = "queue", value_name = "QUEUE", default_value = "default")]
+        queue_name: String,
+        /// The arguments as a JSON array (an object is wrapped in one).
+        #[arg(long, value_name = "JSON", default_value = "[]")]
+        args: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn queues_flag_without_subcommand_runs() {
+        let cli = Cli::try_parse_from(["ah-worker", "--queues", "default,mail"]).unwrap();
+        assert_eq!(cli.run.queues.as_deref(), Some("default,mail"));
+        assert!(cli.command.is_none());
+    }
+}

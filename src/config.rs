@@ -1,0 +1,639 @@
+//! One validated [`Config`] from flags, environment, config file and
+//! defaults, in that order of precedence.
+//!
+//! Every bad value is a [`ConfigError`] naming the value, where it came from
+//! and what was expected; the binary exits with status 2 on it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::RunArgs;
+use crate::plugin::{PluginError, PluginSpec};
+use crate::worker::UnknownClass;
+
+/// Redis used when nothing else is configured.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Resque's and node-resque's default namespace.
+pub const DEFAULT_NAMESPACE: &str = "resque";
+/// The default queue list, as node-resque's worker default.
+pub const DEFAULT_QUEUES: &str = "*";
+/// Job slots per process: node-resque's MultiWorker grows to 10 by default.
+pub const DEFAULT_CONCURRENCY: usize = 10;
+/// Resque's INTERVAL default. We block on the queues instead of sleeping, so
+/// this is only how often an idle worker re-checks what a blocking wait
+/// cannot see (pause-all-workers, new queues for `*`).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Below systemd's default stop timeout (90 s) and Heroku's/Kubernetes' 30 s.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Ruby prunes a worker whose heartbeat is 300 s old and writes one every
+/// 60 s; node-resque pings every 5 s and cleans after an hour. 30 s keeps
+/// both far from stale at two commands per beat.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// An upper bound that keeps a typo from starting 10⁶ slots.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value of the wrong form.
+    #[error("invalid {what} {value:?} (from {source_name}): expected {expected}")]
+    Invalid {
+        /// The setting.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+        /// Flag, environment variable or file the value came from.
+        source_name: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A plugin declaration is broken.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The plugin directory cannot be read.
+    #[error("cannot read plugin directory {path}: {source}")]
+    PluginDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this program.
+    #[error("invalid config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated settings of a worker process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis URL.
+    pub redis_url: String,
+    /// Key namespace (`resque`).
+    pub namespace: String,
+    /// Queue entries as configured: names, `*`/glob patterns, `!exclusions`.
+    pub queues: Vec<String>,
+    /// Job slots.
+    pub concurrency: usize,
+    /// Idle re-check interval; zero means drain the queues and exit.
+    pub interval: Duration,
+    /// Grace period for running jobs on TERM/INT.
+    pub shutdown_timeout: Duration,
+    /// How often both heartbeats are refreshed.
+    pub heartbeat_interval: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `debug`, `ah_worker=trace`), if set.
+    pub log_level: Option<String>,
+    /// The config file read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Handler plugins, checked.
+    pub plugins: Vec<PluginSpec>,
+    /// What to do with a class no handler claims.
+    pub unknown_class: UnknownClass,
+}
+
+/// The config file's shape. Unknown keys are an error, so a typo is not
+/// silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    redis: Option<String>,
+    namespace: Option<String>,
+    queues: Option<QueueList>,
+    concurrency: Option<toml::Value>,
+    interval: Option<toml::Value>,
+    shutdown_timeout: Option<toml::Value>,
+    heartbeat_interval: Option<toml::Value>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    unknown_class: Option<String>,
+    plugins_dir: Option<PathBuf>,
+    #[serde(default)]
+    plugins: Vec<toml::Value>,
+}
+
+/// `queues = "a,b"` or `queues = ["a", "b"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum QueueList {
+    Csv(String),
+    List(Vec<String>),
+}
+
+/// A raw value and the name of where it came from.
+struct Raw {
+    value: String,
+    from: String,
+}
+
+impl Config {
+    /// Resolve flags, the process environment and the config file.
+    pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+        Config::resolve(args, &|name| std::env::var(name).ok())
+    }
+
+    /// Resolve with `env` as the environment (tests pass a map).
+    pub fn resolve(
+        args: &RunArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let config_file = args
+            .config
+            .clone()
+            .or_else(|| env("AH_WORKER_CONFIG").map(PathBuf::from));
+        let file = match &config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let file_name = config_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+
+        // flags > environment (ah-worker's names, then Resque's) > file
+        let pick = |flag: &Option<String>,
+                    flag_name: &str,
+                    envs: &[&str],
+                    file_value: Option<String>,
+                    file_key: &str|
+         -> Option<Raw> {
+            if let Some(v) = flag {
+                return Some(Raw {
+                    value: v.clone(),
+                    from: flag_name.to_owned(),
+                });
+            }
+            for name in envs {
+                if let Some(v) = env(name) {
+                    return Some(Raw {
+                        value: v,
+                        from: format!("environment variable {name}"),
+                    });
+                }
+            }
+            file_value.map(|value| Raw {
+                value,
+                from: format!("{file_key} in {file_name}"),
+            })
+        };
+
+        let redis = pick(
+            &args.redis,
+            "--redis",
+            &["REDIS_URL"],
+            file.redis.clone(),
+            "redis",
+        );
+        let redis_url = match redis {
+            Some(raw) => {
+                check_redis_url(&raw)?;
+                raw.value
+            }
+            None => DEFAULT_REDIS_URL.to_owned(),
+        };
+
+        let namespace = match pick(
+            &args.namespace,
+            "--namespace",
+            &["AH_WORKER_NAMESPACE"],
+            file.namespace.clone(),
+            "namespace",
+        ) {
+            Some(raw) => {
+                let v = raw.value.trim();
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        "namespace",
+                        &raw,
+                        "a non-empty name without spaces",
+                    ));
+                }
+                v.to_owned()
+            }
+            None => DEFAULT_NAMESPACE.to_owned(),
+        };
+
+        let file_queues = file.queues.map(|q| match q {
+            QueueList::Csv(s) => s,
+            QueueList::List(l) => l.join(","),
+        });
+        let queues = match pick(
+            &args.queues,
+            "--queues",
+            &["AH_WORKER_QUEUES", "QUEUES", "QUEUE"],
+            file_queues,
+            "queues",
+        ) {
+            Some(raw) => parse_queues(&raw)?,
+            None => vec![DEFAULT_QUEUES.to_owned()],
+        };
+
+        let concurrency = match pick(
+            &args.concurrency,
+            "--concurrency",
+            &["AH_WORKER_CONCURRENCY"],
+            file.concurrency.map(toml_scalar),
+            "concurrency",
+        ) {
+            Some(raw) => match raw.value.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => n,
+                _ => {
+                    return Err(invalid(
+                        "concurrency",
+                        &raw,
+                        "a whole number from 1 to 10000",
+                    ));
+                }
+            },
+            None => DEFAULT_CONCURRENCY,
+        };
+
+        let duration =
+            |raw: Option<Raw>, what: &'static str, default: Duration, zero_ok: bool| match raw {
+                None => Ok(default),
+                Some(raw) => match parse_duration(&raw.value) {
+                    Some(d) if zero_ok || !d.is_zero() => Ok(d),
+                    _ => Err(invalid(
+                        what,
+                        &raw,
+                        if zero_ok {
+                            "seconds (5, 0.5) or a duration (500ms, 2m)"
+                        } else {
+                            "a positive number of seconds (5, 0.5) or a duration (500ms, 2m)"
+                        },
+                    )),
+                },
+            };
+        let interval = duration(
+            pick(
+                &args.interval,
+                "--interval",
+                &["AH_WORKER_INTERVAL", "INTERVAL"],
+                file.interval.map(toml_scalar),
+                "interval",
+            ),
+            "interval",
+            DEFAULT_INTERVAL,
+            true,
+        )?;
+        let shutdown_timeout = duration(
+            pick(
+                &args.shutdown_timeout,
+                "--shutdown-timeout",
+                &["AH_WORKER_SHUTDOWN_TIMEOUT"],
+                file.shutdown_timeout.map(toml_scalar),
+                "shutdown_timeout",
+            ),
+            "shutdown timeout",
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            true,
+        )?;
+        let heartbeat_interval = duration(
+            pick(
+                &None,
+                "",
+                &["AH_WORKER_HEARTBEAT_INTERVAL"],
+                file.heartbeat_interval.map(toml_scalar),
+                "heartbeat_interval",
+            ),
+            "heartbeat interval",
+            DEFAULT_HEARTBEAT_INTERVAL,
+            false,
+        )?;
+
+        let log_format = match pick(
+            &args.log_format,
+            "--log-format",
+            &["AH_WORKER_LOG_FORMAT"],
+            file.log_format.clone(),
+            "log_format",
+        ) {
+            None => LogFormat::Text,
+            Some(raw) => match raw.value.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(invalid("log format", &raw, "text or json")),
+            },
+        };
+        let log_level = pick(
+            &args.log_level,
+            "--log-level",
+            &["AH_WORKER_LOG_LEVEL"],
+            file.log_level.clone(),
+            "log_level",
+        );
+        let log_level = match log_level {
+            Some(raw) => {
+                if tracing_subscriber::EnvFilter::try_new(raw.value.trim()).is_err() {
+                    return Err(invalid(
+                        "log level",
+                        &raw,
+                        "a level (error, warn, info, debug, trace) or a filter like ah_worker=debug",
+                    ));
+                }
+                Some(raw.value.trim().to_owned())
+            }
+            None => None,
+        };
+
+        let unknown_class = match pick(
+            &None,
+            "",
+            &["AH_WORKER_UNKNOWN_CLASS"],
+            file.unknown_class.clone(),
+            "unknown_class",
+        ) {
+            None => UnknownClass::Fail,
+            Some(raw) => match raw.value.trim() {
+                "fail" => UnknownClass::Fail,
+                "requeue" => UnknownClass::Requeue,
+                _ => return Err(invalid("unknown_class", &raw, "fail or requeue")),
+            },
+        };
+
+        let mut plugins = Vec::new();
+        for (i, table) in file.plugins.into_iter().enumerate() {
+            let source = format!("[[plugins]] #{} in {file_name}", i + 1);
+            plugins.push(PluginSpec::from_toml(table, &source)?);
+        }
+        let plugins_dir = args
+            .plugins_dir
+            .clone()
+            .or_else(|| env("AH_WORKER_PLUGINS_DIR").map(PathBuf::from))
+            .or(file.plugins_dir);
+        if let Some(dir) = plugins_dir {
+            plugins.extend(read_plugin_dir(&dir)?);
+        }
+        crate::plugin::check_all(&plugins)?;
+
+        Ok(Config {
+            redis_url,
+            namespace,
+            queues,
+            concurrency,
+            interval,
+            shutdown_timeout,
+            heartbeat_interval,
+            log_format,
+            log_level,
+            config_file,
+            plugins,
+            unknown_class,
+        })
+    }
+}
+
+/// Every `*.toml` file of `dir`, one plugin each, in name order.
+fn read_plugin_dir(dir: &Path) -> Result<Vec<PluginSpec>, ConfigError> {
+    let dir_err = |source| ConfigError::PluginDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(dir_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut specs = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let value: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        specs.push(PluginSpec::from_toml(value, &path.display().to_string())?);
+    }
+    Ok(specs)
+}
+
+fn invalid(what: &'static str, raw: &Raw, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        what,
+        value: raw.value.clone(),
+        source_name: raw.from.clone(),
+        expected,
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+/// A TOML number or string as the text a flag would carry.
+fn toml_scalar(v: toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn check_redis_url(raw: &Raw) -> Result<(), ConfigError> {
+    let ok = redis::parse_redis_url(raw.value.trim()).is_some()
+        && redis::Client::open(raw.value.trim()).is_ok();
+    if ok {
+        Ok(())
+    } else {
+        // The value may hold a password: name the source, never echo it.
+        Err(ConfigError::Invalid {
+            what: "Redis URL",
+            value: "<hidden>".into(),
+            source_name: raw.from.clone(),
+            expected: "a URL like redis://[user:password@]host:6379/0",
+        })
+    }
+}
+
+/// Parse a queue list: comma-separated, whitespace around names stripped,
+/// empty entries dropped (Ruby's `QUEUE` handling).
+fn parse_queues(raw: &Raw) -> Result<Vec<String>, ConfigError> {
+    let queues: Vec<String> = raw
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let bad = |q: &String| q.contains(char::is_whitespace) || q == "!";
+    if queues.is_empty() || queues.iter().any(bad) || queues.iter().all(|q| q.starts_with('!')) {
+        return Err(invalid(
+            "queue list",
+            raw,
+            "comma-separated queue names in priority order, `*` for all, `!name` to exclude",
+        ));
+    }
+    Ok(queues)
+}
+
+/// Seconds as a number (Resque's `INTERVAL=0.5`) or a humantime duration.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(args: RunArgs, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(&args, &|k| env.get(k).cloned())
+    }
+
+    fn file(text: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("ah-worker-config-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(RunArgs::default(), &[]).unwrap();
+        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.namespace, "resque");
+        assert_eq!(c.queues, ["*"]);
+        assert_eq!(c.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(c.interval, DEFAULT_INTERVAL);
+        assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        let path = file(
+            "queues = [\"file\"]\nconcurrency = 3\ninterval = \"2s\"\nnamespace = \"fromfile\"\n",
+        );
+        let args = RunArgs {
+            queues: Some("flag".into()),
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        let c = resolve(
+            args,
+            &[
+                ("QUEUES", "env"),
+                ("INTERVAL", "0.5"),
+                ("AH_WORKER_CONCURRENCY", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.queues, ["flag"]);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.concurrency, 7);
+        assert_eq!(c.namespace, "fromfile");
+    }
+
+    #[test]
+    fn resque_environment_names_work() {
+        let c = resolve(
+            RunArgs::default(),
+            &[("QUEUE", " high , low ,!skip"), ("INTERVAL", "0")],
+        )
+        .unwrap();
+        assert_eq!(c.queues, ["high", "low", "!skip"]);
+        assert_eq!(c.interval, Duration::ZERO);
+        let c = resolve(RunArgs::default(), &[("QUEUE", "a"), ("QUEUES", "b")]).unwrap();
+        assert_eq!(c.queues, ["b"], "QUEUES wins over QUEUE");
+        let c = resolve(RunArgs::default(), &[("REDIS_URL", "redis://h:1/2")]).unwrap();
+        assert_eq!(c.redis_url, "redis://h:1/2");
+    }
+
+    #[test]
+    fn bad_values_name_the_value_and_the_expectation() {
+        let err = resolve(RunArgs::default(), &[("INTERVAL", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"soon\"") && err.contains("INTERVAL") && err.contains("expected"),
+            "{err}"
+        );
+        let args = RunArgs {
+            concurrency: Some("0".into()),
+            ..RunArgs::default()
+        };
+        let err = resolve(args, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("--concurrency") && err.contains("\"0\""),
+            "{err}"
+        );
+        let err = resolve(RunArgs::default(), &[("QUEUES", "!only")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue list"), "{err}");
+        let err = resolve(RunArgs::default(), &[("REDIS_URL", "http://x:secret@h")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("REDIS_URL") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_the_problem() {
+        let path = file("concurency = 3\n");
+        let args = RunArgs {
+            config: Some(path.clone()),
+            ..RunArgs::default()
+        };
+        let err = resolve(args, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("concurency"),
+            "{err}"
+        );
+        let args = RunArgs {
+            config: Some(file("concurrency = \"many\"\n")),
+            ..RunArgs::default()
+        };
+        let err = resolve(args, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("\"many\"") && err.contains("concurrency in"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! ah-worker: a background-job worker that speaks the Resque wire format on
+//! Redis, side by side with Ruby Resque workers and node-resque / actionHero
+//! processes.
+//!
+//! # Layout
+//! - [`cli`] — command-line flags.
+//! - [`config`] — flags, environment and config file merged into one validated [`config::Config`].
+//! - [`resque`] — the Resque / node-resque contract: keys, payloads, Redis operations.
+//! - [`handler`] — the [`handler::Handler`] trait, the class registry, built-in handlers.
+//! - [`plugin`] — handler plugins in any language: exec, coprocess, http.
+//! - [`worker`] — the [`worker::Runner`] owning the job slots, and job execution.
+//! - [`shutdown`] — control commands and the stop report; [`signals`] maps OS signals to them.
+//! - [`glob`] — Ruby-style glob patterns for queue lists and plugin classes.
+//! - [`telemetry`] — logging.
+//! - [`app`] — wiring everything together.
+//!
+//! # Glossary
+//! - **job**: a JSON payload `{"class","args"}` in a Redis list.
+//! - **queue**: such a list, `resque:queue:<name>`, served in priority order.
+//! - **class → handler**: a job's `class` selects the handler that runs it.
+//! - **worker slot**: one job at a time, registered as one Resque worker.
+//! - **runner**: the task owning a process's slots.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod glob;
+pub mod handler;
+pub mod plugin;
+pub mod resque;
+pub mod shutdown;
+pub mod signals;
+pub mod telemetry;
+pub mod worker;
+
+pub use error::{Error, Result};

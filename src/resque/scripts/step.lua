@@ -1,0 +1,151 @@
+-- One round trip of the worker loop: record finished jobs, then take new ones.
+--
+-- Acks first. An ack applies only while the worker's status key still holds
+-- exactly the value written when the job was taken (a fence: a worker taken
+-- for dead and recovered records nothing twice). An applied ack deletes the
+-- status key and, by kind: 'ok' counts the job; 'fail' also pushes the
+-- failure record and counts the failure; 'back' puts the payload back at the
+-- head of its queue and counts nothing.
+--
+-- Then takes. Unless `pause-all-workers` is "true", each free slot gets the
+-- head of the first non-empty queue in priority order, and the status key is
+-- written in the same step, so a job is always in a queue or in a status key.
+-- The payload's bytes are spliced in verbatim; a payload that is not a JSON
+-- object is stored as a JSON string so the status stays readable by
+-- resque-web and node-resque, and its status value is returned.
+--
+-- Limits cap the jobs taken per class pattern (a plugin's max_in_flight, or
+-- 0 for a class being skipped). While some limit is used up, a queue is
+-- scanned (up to 100 deep) for the first job it allows instead of popped.
+--
+-- ARGV: prefix, n_acks, {id, name, expected, kind, data, raw} * n_acks,
+--       run_at, n_takes, {id, status_tail} * n_takes,
+--       n_queues, {queue, queue_json} * n_queues,
+--       n_limits, {remaining, n_patterns, pattern...} * n_limits
+-- Returns: {paused, {applied 1|0 per ack},
+--           {slot, queue_index, job, status or "", class or ""} ...}
+local SCAN_DEPTH = 100
+local prefix = ARGV[1]
+local i = 2
+local n_acks = tonumber(ARGV[i]); i = i + 1
+local applied = {}
+local processed, failed = 0, 0
+for a = 1, n_acks do
+  local id, name, expected, kind, data, raw = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  local status_key = prefix .. 'worker:' .. id
+  if redis.call('GET', status_key) == expected then
+    redis.call('DEL', status_key)
+    if kind == 'back' then
+      redis.call('LPUSH', prefix .. 'queue:' .. data, raw)
+    else
+      processed = processed + 1
+      redis.call('INCR', prefix .. 'stat:processed:' .. id)
+      redis.call('INCR', prefix .. 'stat:processed:' .. name)
+      if kind == 'fail' then
+        failed = failed + 1
+        redis.call('RPUSH', prefix .. 'failed', data)
+        redis.call('INCR', prefix .. 'stat:failed:' .. id)
+        redis.call('INCR', prefix .. 'stat:failed:' .. name)
+      end
+    end
+    applied[a] = 1
+  else
+    applied[a] = 0
+  end
+end
+if processed > 0 then redis.call('INCRBY', prefix .. 'stat:processed', processed) end
+if failed > 0 then redis.call('INCRBY', prefix .. 'stat:failed', failed) end
+
+local run_at = ARGV[i]; i = i + 1
+local n_takes = tonumber(ARGV[i]); i = i + 1
+local slots_at = i
+i = i + 2 * n_takes
+local n_queues = tonumber(ARGV[i]); i = i + 1
+local queues_at = i
+i = i + 2 * n_queues
+local limits = {}
+local n_limits = tonumber(ARGV[i] or '0'); i = i + 1
+for l = 1, n_limits do
+  local limit = {remaining = tonumber(ARGV[i]), patterns = {}}
+  local n = tonumber(ARGV[i + 1])
+  for p = 1, n do limit.patterns[p] = ARGV[i + 1 + p] end
+  i = i + 2 + n
+  limits[l] = limit
+end
+
+local function limit_of(class)
+  if type(class) ~= 'string' then return nil end
+  for _, limit in ipairs(limits) do
+    for _, pattern in ipairs(limit.patterns) do
+      if string.find(class, pattern) then return limit end
+    end
+  end
+  return nil
+end
+
+local function used_up()
+  for _, limit in ipairs(limits) do
+    if limit.remaining <= 0 then return true end
+  end
+  return false
+end
+
+-- Decode a payload: well-formed (a JSON object) or not, and its class.
+local function inspect(job)
+  if not string.find(job, '^%s*{') then return false, nil end
+  local ok, decoded = pcall(cjson.decode, job)
+  if not ok or type(decoded) ~= 'table' then return false, nil end
+  return true, decoded['class']
+end
+
+local paused = 0
+local taken = {}
+if n_takes > 0 then
+  local pause = redis.call('GET', prefix .. 'pause-all-workers')
+  if pause and string.lower(string.match(pause, '^%s*(.-)%s*$')) == 'true' then
+    paused = 1
+    n_takes = 0
+  end
+end
+local q = 1
+for s = 1, n_takes do
+  local job, well_formed, class
+  while q <= n_queues and not job do
+    local key = prefix .. 'queue:' .. ARGV[queues_at + 2 * (q - 1)]
+    if not used_up() then
+      job = redis.call('LPOP', key)
+      if job then well_formed, class = inspect(job) end
+    else
+      for _, item in ipairs(redis.call('LRANGE', key, 0, SCAN_DEPTH - 1)) do
+        local wf, c = inspect(item)
+        local limit = limit_of(c)
+        if not limit or limit.remaining > 0 then
+          redis.call('LREM', key, 1, item)
+          job, well_formed, class = item, wf, c
+          break
+        end
+      end
+    end
+    if not job then q = q + 1 end
+  end
+  if not job then break end
+  local limit = limit_of(class)
+  if limit then limit.remaining = limit.remaining - 1 end
+  local id = ARGV[slots_at + 2 * (s - 1)]
+  local tail = ARGV[slots_at + 2 * (s - 1) + 1]
+  local head = '{"queue":' .. ARGV[queues_at + 2 * (q - 1) + 1] .. ',"run_at":"' .. run_at .. '","payload":'
+  local status = ''
+  if well_formed then
+    redis.call('SET', prefix .. 'worker:' .. id, head .. job .. tail)
+  else
+    status = head .. cjson.encode(job) .. tail
+    redis.call('SET', prefix .. 'worker:' .. id, status)
+  end
+  taken[#taken + 1] = s
+  taken[#taken + 1] = q
+  taken[#taken + 1] = job
+  taken[#taken + 1] = status
+  if type(class) == 'string' then taken[#taken + 1] = class else taken[#taken + 1] = '' end
+end
+return {paused, applied, taken}

@@ -1,0 +1,382 @@
+//! Typed Redis operations of the Resque contract. The only module that talks
+//! to Redis for Resque keys; everything else calls these verbs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncCommands, Client, Script, Value};
+
+use super::WorkerId;
+use super::keys::Keys;
+use super::payload;
+use crate::error::{Error, Result};
+
+/// How long one command may take before the connection is taken for broken.
+/// Generous: a step moving large payloads is one command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait for a TCP connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A finished job to record in the next [`Store::step`].
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// The slot that ran it.
+    pub worker: WorkerId,
+    /// The status value written when it was taken (the fence).
+    pub expected: Vec<u8>,
+    /// What to record.
+    pub kind: AckKind,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub enum AckKind {
+    /// Performed: count it.
+    Done,
+    /// Failed: push this failure record and count it.
+    Failed(String),
+    /// Put the payload back at the head of `queue`; count nothing.
+    PutBack {
+        /// Its queue.
+        queue: String,
+        /// Its bytes.
+        raw: std::sync::Arc<[u8]>,
+    },
+}
+
+/// A cap on the jobs one step may take of some classes.
+#[derive(Debug, Clone)]
+pub struct TakeLimit {
+    /// How many more may be taken (0: none; such jobs are skipped).
+    pub remaining: usize,
+    /// Anchored Lua patterns of the classes (see [`crate::glob::to_lua_pattern`]).
+    pub patterns: Vec<String>,
+}
+
+/// A job handed to a slot by [`Store::step`].
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// Index into the `free` slots passed to `step`.
+    pub slot: usize,
+    /// The queue it came from.
+    pub queue: String,
+    /// The payload's bytes, verbatim.
+    pub raw: Vec<u8>,
+    /// The exact value now in the slot's status key (bytes: a malformed
+    /// payload need not be UTF-8).
+    pub status: Vec<u8>,
+    /// The payload's class, when it is a well-formed object with one.
+    pub class: Option<String>,
+}
+
+/// What one [`Store::step`] did.
+#[derive(Debug, Default)]
+pub struct StepReply {
+    /// `pause-all-workers` was set, so nothing was taken.
+    pub paused: bool,
+    /// Per ack, whether it applied (false: the status no longer held the job).
+    pub applied: Vec<bool>,
+    /// The jobs taken.
+    pub taken: Vec<Taken>,
+}
+
+/// The Resque store of one namespace.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    step: Script,
+    put_back: Script,
+    unregister: Script,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connect to the Redis at `url` and use keys under `namespace`.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Store> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_max_delay(2_000);
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(Store {
+            client,
+            conn,
+            keys: Keys::new(namespace),
+            step: Script::new(include_str!("scripts/step.lua")),
+            put_back: Script::new(include_str!("scripts/put_back.lua")),
+            unregister: Script::new(include_str!("scripts/unregister.lua")),
+        })
+    }
+
+    /// The key names of this store.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A connection of its own for blocking waits, which would stall the
+    /// shared multiplexed connection.
+    pub async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
+        Ok(self.client.get_multiplexed_async_connection().await?)
+    }
+
+    /// Redis's clock (`TIME`), so heartbeats compare with what Ruby's pruning
+    /// compares them against.
+    pub async fn redis_time(&self) -> Result<DateTime<Utc>> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        DateTime::from_timestamp(secs, (micros * 1000) as u32)
+            .ok_or_else(|| Error::Protocol(format!("TIME returned {secs}.{micros}")))
+    }
+
+    /// Record finished jobs and take up to `free.len()` new ones, in one
+    /// round trip (see `scripts/step.lua`).
+    ///
+    /// `queues` is in priority order. Each entry of `free` is a slot with no
+    /// job; a taken job names its index in `free`.
+    pub async fn step(
+        &self,
+        acks: &[Ack],
+        free: &[&WorkerId],
+        queues: &[String],
+        limits: &[TakeLimit],
+        now: DateTime<Utc>,
+    ) -> Result<StepReply> {
+        let mut inv = self.step.prepare_invoke();
+        inv.arg(self.keys.prefix()).arg(acks.len());
+        for ack in acks {
+            inv.arg(&ack.worker.id)
+                .arg(&ack.worker.name)
+                .arg(&ack.expected);
+            match &ack.kind {
+                AckKind::Done => inv.arg("ok").arg("").arg(""),
+                AckKind::Failed(record) => inv.arg("fail").arg(record).arg(""),
+                AckKind::PutBack { queue, raw } => inv.arg("back").arg(queue).arg(&raw[..]),
+            };
+        }
+        let run_at = payload::run_at(now);
+        inv.arg(&run_at).arg(free.len());
+        for slot in free {
+            inv.arg(&slot.id).arg(payload::status_tail(&slot.name));
+        }
+        inv.arg(queues.len());
+        for q in queues {
+            inv.arg(q).arg(payload::json_string(q));
+        }
+        inv.arg(limits.len());
+        for limit in limits {
+            inv.arg(limit.remaining).arg(limit.patterns.len());
+            for p in &limit.patterns {
+                inv.arg(p);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let (paused, applied, flat): (i64, Vec<i64>, Vec<Value>) =
+            inv.invoke_async(&mut conn).await?;
+
+        let mut taken = Vec::with_capacity(flat.len() / 5);
+        let mut it = flat.into_iter();
+        while let (Some(slot), Some(qi), Some(job), Some(status), Some(class)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        {
+            let class: String = redis::from_redis_value(&class)?;
+            let slot: usize = redis::from_redis_value::<usize>(&slot)? - 1;
+            let qi: usize = redis::from_redis_value::<usize>(&qi)? - 1;
+            let raw: Vec<u8> = redis::from_redis_value(&job)?;
+            let status: Vec<u8> = redis::from_redis_value(&status)?;
+            let queue = queues
+                .get(qi)
+                .ok_or_else(|| Error::Protocol(format!("step returned queue index {qi}")))?
+                .clone();
+            let status = if status.is_empty() {
+                // Rebuild exactly what the script wrote (see step.lua).
+                let mut s =
+                    payload::status_head(&payload::json_string(&queue), &run_at).into_bytes();
+                s.extend_from_slice(&raw);
+                s.extend_from_slice(payload::status_tail(&free[slot].name).as_bytes());
+                s
+            } else {
+                status
+            };
+            taken.push(Taken {
+                slot,
+                queue,
+                raw,
+                status,
+                class: (!class.is_empty()).then_some(class),
+            });
+        }
+        Ok(StepReply {
+            paused: paused == 1,
+            applied: applied.into_iter().map(|a| a == 1).collect(),
+            taken,
+        })
+    }
+
+    /// Put a taken job back at the head of its queue, if `worker`'s status
+    /// key still holds `expected`. Returns whether it went back.
+    pub async fn put_back(
+        &self,
+        worker: &WorkerId,
+        expected: &[u8],
+        queue: &str,
+        raw: &[u8],
+    ) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .put_back
+            .key(self.keys.worker(&worker.id))
+            .key(self.keys.queue(queue))
+            .arg(expected)
+            .arg(raw)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// What the status keys of `workers` hold (`None`: idle).
+    pub async fn held(&self, workers: &[&WorkerId]) -> Result<Vec<Option<Vec<u8>>>> {
+        if workers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = workers.iter().map(|w| self.keys.worker(&w.id)).collect();
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?)
+    }
+
+    /// Register worker slots as Ruby Resque and node-resque do: heartbeat
+    /// (before the `workers` entry, as Ruby orders it), `workers`, `:started`
+    /// and node-resque's ping, in one transaction.
+    pub async fn register(&self, workers: &[WorkerId], now: DateTime<Utc>) -> Result<()> {
+        let k = &self.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for w in workers {
+            pipe.hset(k.heartbeats(), &w.id, payload::heartbeat(now))
+                .ignore();
+            pipe.sadd(k.workers(), &w.id).ignore();
+            pipe.set(k.worker_started(&w.id), payload::started(now))
+                .ignore();
+            pipe.set(
+                k.worker_ping(&w.name),
+                payload::ping(now, &w.name, &w.queues),
+            )
+            .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Refresh both heartbeats of every slot: Ruby's `workers:heartbeat`
+    /// field and node-resque's ping key. Two commands whatever the count.
+    pub async fn heartbeat(&self, workers: &[WorkerId], now: DateTime<Utc>) -> Result<()> {
+        if workers.is_empty() {
+            return Ok(());
+        }
+        let k = &self.keys;
+        let beat = payload::heartbeat(now);
+        let fields: Vec<(&str, &str)> = workers
+            .iter()
+            .map(|w| (w.id.as_str(), beat.as_str()))
+            .collect();
+        let pings: Vec<(String, String)> = workers
+            .iter()
+            .map(|w| {
+                (
+                    k.worker_ping(&w.name),
+                    payload::ping(now, &w.name, &w.queues),
+                )
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(k.heartbeats(), &fields).ignore();
+        pipe.mset(&pings).ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Remove the registrations of `workers` (see `scripts/unregister.lua`).
+    /// Returns the ids left registered because their status still holds a job.
+    pub async fn unregister(&self, workers: &[WorkerId]) -> Result<Vec<String>> {
+        let mut inv = self.unregister.prepare_invoke();
+        inv.arg(self.keys.prefix());
+        for w in workers {
+            inv.arg(&w.id).arg(&w.name);
+        }
+        let mut conn = self.conn.clone();
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    /// Every name in the `queues` set.
+    pub async fn queue_names(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.smembers(self.keys.queues()).await?)
+    }
+
+    /// Push a payload at the tail of `queue` and make the queue known, as
+    /// `Resque.push` and node-resque's `enqueue` do.
+    pub async fn enqueue(&self, queue: &str, payload: &[u8]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .sadd(self.keys.queues(), queue)
+            .ignore()
+            .rpush(self.keys.queue(queue), payload)
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Schedule a payload for Unix second `ts` as node-resque's `enqueueAt`
+    /// does (one transaction): `RPUSH delayed:<ts>`, `SADD timestamps:<job>
+    /// delayed:<ts>`, `ZADD delayed_queue_schedule <ts> <ts>`. The queue is
+    /// inside the payload; a scheduler moves it when due.
+    pub async fn enqueue_at(&self, ts: i64, payload: &str) -> Result<()> {
+        let k = &self.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .rpush(k.delayed(ts), payload)
+            .ignore()
+            .sadd(k.timestamps(payload), Keys::delayed_member(ts))
+            .ignore()
+            .zadd(k.delayed_schedule(), ts, ts)
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Block on `conn` until `queue` holds a job or `timeout` passes, without
+    /// taking the job: `BLMOVE q q LEFT LEFT` moves the head onto itself, so
+    /// the queue is unchanged. Returns whether a job is there.
+    pub async fn wait_for_job(
+        &self,
+        conn: &mut MultiplexedConnection,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let key = self.keys.queue(queue);
+        let found: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(&key)
+            .arg(&key)
+            .arg("LEFT")
+            .arg("LEFT")
+            .arg(timeout.as_secs_f64())
+            .query_async(conn)
+            .await?;
+        Ok(found.is_some())
+    }
+}

@@ -1,0 +1,562 @@
+//! The [`Runner`]: one task that owns every job slot of the process.
+//!
+//! It talks to Redis through [`Store::step`], which records the outcomes of
+//! finished jobs and takes new jobs for the free slots in one round trip, so
+//! a saturated worker needs less than one round trip per job. Jobs run as
+//! tokio tasks; the runner collects their outcomes, and between steps waits
+//! for a job to finish, a control command, a wake-up from the queue waiters
+//! or a timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, debug_span, error, info, warn};
+
+use super::queues::QueueSpec;
+use super::wake::Waiters;
+use super::{Outcome, UnknownClass, execute, heartbeat};
+use crate::error::Result;
+use crate::handler::{JobContext, JobError, Registry, Services};
+use crate::resque::{Ack, AckKind, Failure, Store, TakeLimit, WorkerId, payload};
+use crate::shutdown::{Control, StopReason, StopReport};
+
+/// How often a dynamic queue list (`*`, `!skip`) is re-read while idle.
+const QUEUE_REFRESH: Duration = Duration::from_secs(1);
+/// How often to look again for work while a plugin is at its limit: jobs
+/// of other classes may be waiting behind its jobs, and a blocking wait
+/// would wake at once on those.
+const LIMITED_POLL: Duration = Duration::from_millis(100);
+/// First and longest wait before retrying a failed step (Redis away).
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Everything a worker process needs to run its slots.
+#[derive(Debug)]
+pub struct Runner {
+    /// The Resque store.
+    pub store: Store,
+    /// Class → handler.
+    pub registry: Arc<Registry>,
+    /// One id per slot.
+    pub slots: Vec<WorkerId>,
+    /// The queue list.
+    pub queues: QueueSpec,
+    /// Idle re-check interval; zero drains the queues and stops.
+    pub interval: Duration,
+    /// Grace period for running jobs on [`Control::Stop`].
+    pub shutdown_timeout: Duration,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// What to do with a class no handler claims.
+    pub unknown_class: UnknownClass,
+    /// What handlers may call while they run.
+    pub services: Services,
+}
+
+/// A job a slot is running.
+struct Running {
+    seq: u64,
+    limit: Option<usize>,
+    queue: String,
+    raw: Arc<[u8]>,
+    status: Vec<u8>,
+    abort: AbortHandle,
+}
+
+enum Slot {
+    Free,
+    Running(Running),
+    /// Finished; the ack is waiting for the next step.
+    Acking(Ack),
+}
+
+/// Results of job tasks: slot, sequence number, outcome.
+type Finished = (usize, u64, Outcome);
+
+impl Runner {
+    /// Register the slots, take and run jobs until stopped by `control` (or,
+    /// when draining, until the queues are empty), then unregister.
+    pub async fn run(self, mut control: mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
+        let span = tracing::info_span!("runner", slots = self.slots.len(), queues = %self.queues.id_part());
+        async move {
+            let now = self.store.redis_time().await?;
+            self.store.register(&self.slots, now).await?;
+            info!(first = %self.slots[0].id, "worker registered");
+            let beat = CancellationToken::new();
+            let beat_task = heartbeat::spawn(
+                self.store.clone(),
+                self.slots.clone(),
+                self.heartbeat_interval,
+                beat.clone(),
+            );
+            let result = self.serve(&mut control).await;
+            beat.cancel();
+            let _ = beat_task.await;
+            let mut report = result?;
+            report.left_registered = self.store.unregister(&self.slots).await?;
+            if !report.left_registered.is_empty() {
+                error!(workers = ?report.left_registered, "left registered: their status still holds a job");
+            }
+            info!(reason = ?report.reason, performed = report.performed, put_back = report.put_back, "worker stopped");
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve(&self, control: &mut mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
+        let draining = self.interval.is_zero();
+        let mut waiters = Waiters::new(
+            self.store.clone(),
+            self.interval.max(Duration::from_secs(1)),
+        );
+        let wake = waiters.wake();
+        let mut slots: Vec<Slot> = self.slots.iter().map(|_| Slot::Free).collect();
+        let mut tasks: JoinSet<Finished> = JoinSet::new();
+        let mut seq: u64 = 0;
+        let mut performed: u64 = 0;
+        let mut put_back = 0;
+
+        let mut known_queues: Option<Vec<String>> = None;
+        let mut queues = if self.queues.is_dynamic() {
+            Vec::new()
+        } else {
+            self.queues.resolve(&[])
+        };
+        if !draining && !self.queues.is_dynamic() {
+            waiters.set_queues(&queues);
+        }
+        let mut refreshed_at: Option<Instant> = None;
+
+        // `idle`: the last take found nothing; wait for a wake-up or a timer.
+        let mut idle = false;
+        let mut next_poll = Instant::now();
+        let mut paused = false;
+        let mut stopping: Option<Option<Instant>> = None; // Some(deadline or none)
+        let mut stop_requests = 0;
+        let mut retry_at: Option<Instant> = None;
+        let mut reconcile = false;
+        // Jobs running per registry limit, and classes skipped until a time.
+        let mut in_flight: Vec<usize> = vec![0; self.registry.limits().len()];
+        let mut skipped: Vec<(String, Instant)> = Vec::new();
+        let mut backoff = RETRY_MIN;
+
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                self.finish(&mut slots, done, &mut in_flight, &mut skipped);
+            }
+            let free: Vec<usize> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| matches!(s, Slot::Free).then_some(i))
+                .collect();
+            let acks: Vec<usize> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| matches!(s, Slot::Acking(_)).then_some(i))
+                .collect();
+            let may_take = stopping.is_none() && !paused && !idle && !free.is_empty();
+            let ready = retry_at.is_none_or(|at| Instant::now() >= at);
+
+            if ready && reconcile {
+                // A step whose reply was lost may have taken jobs for free
+                // slots: they are in the status keys; run them.
+                let ids: Vec<&WorkerId> = free.iter().map(|&i| &self.slots[i]).collect();
+                match self.store.held(&ids).await {
+                    Ok(held) => {
+                        reconcile = false;
+                        let run_at = payload::run_at(Utc::now());
+                        for (&slot, value) in free.iter().zip(held) {
+                            let Some(status) = value else { continue };
+                            match payload::split_status(&status) {
+                                Some((queue, raw)) => {
+                                    info!(worker = %self.slots[slot].id, queue = %queue, "resuming a job taken by a step whose reply was lost");
+                                    seq += 1;
+                                    let limit = crate::resque::Job::parse(&queue, &raw)
+                                        .ok()
+                                        .and_then(|j| self.registry.limit_of(&j.class));
+                                    if let Some(l) = limit {
+                                        in_flight[l] += 1;
+                                    }
+                                    slots[slot] = self.start(
+                                        &mut tasks, slot, seq, limit, queue, &raw, status, &run_at,
+                                    );
+                                }
+                                None => {
+                                    error!(worker = %self.slots[slot].id, "status key holds a value of unknown shape; leaving it for recovery")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the status keys");
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                }
+                continue;
+            }
+
+            if ready && (!acks.is_empty() || may_take) {
+                if may_take
+                    && self.queues.is_dynamic()
+                    && refreshed_at.is_none_or(|t| t.elapsed() >= QUEUE_REFRESH)
+                {
+                    match self.store.queue_names().await {
+                        Ok(names) => {
+                            refreshed_at = Some(Instant::now());
+                            if known_queues.as_ref() != Some(&names) {
+                                queues = self.queues.resolve(&names);
+                                debug!(?queues, "queue list");
+                                if !draining {
+                                    waiters.set_queues(&queues);
+                                }
+                                known_queues = Some(names);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot read the queue list");
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(RETRY_MAX);
+                            continue;
+                        }
+                    }
+                }
+                let take: Vec<&WorkerId> = if may_take {
+                    free.iter().map(|&i| &self.slots[i]).collect()
+                } else {
+                    Vec::new()
+                };
+                let ack_list: Vec<Ack> = acks
+                    .iter()
+                    .map(|&i| match &slots[i] {
+                        Slot::Acking(a) => a.clone(),
+                        _ => unreachable!("filtered on Acking above"),
+                    })
+                    .collect();
+                let now = Utc::now();
+                skipped.retain(|(_, until)| *until > Instant::now());
+                let limits = self.take_limits(&in_flight, &skipped);
+                let reply = match self
+                    .store
+                    .step(&ack_list, &take, &queues, &limits, now)
+                    .await
+                {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        // The acks stay pending and are retried: an ack that
+                        // did land is fenced and not recorded twice. Jobs the
+                        // step may have taken are found by `reconcile`.
+                        warn!(error = %e, pending_acks = acks.len(), retry_in = ?backoff, "redis step failed");
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                        reconcile = true;
+                        continue;
+                    }
+                };
+                retry_at = None;
+                backoff = RETRY_MIN;
+                for (&i, applied) in acks.iter().zip(&reply.applied) {
+                    if *applied {
+                        performed += 1;
+                    } else {
+                        warn!(worker = %self.slots[i].id, "status no longer holds the job (recovered elsewhere?); outcome not recorded");
+                    }
+                    slots[i] = Slot::Free;
+                }
+                let run_at = payload::run_at(now);
+                let found_all = reply.taken.len() == take.len();
+                for t in reply.taken {
+                    let slot = free[t.slot];
+                    seq += 1;
+                    let limit = t.class.as_deref().and_then(|c| self.registry.limit_of(c));
+                    if let Some(l) = limit {
+                        in_flight[l] += 1;
+                    }
+                    slots[slot] = self.start(
+                        &mut tasks, slot, seq, limit, t.queue, &t.raw, t.status, &run_at,
+                    );
+                }
+                if may_take && !found_all {
+                    idle = true;
+                    // Skipping capped or unknown classes: a blocking wait
+                    // would wake at once on the skipped jobs, so look again
+                    // on a timer instead.
+                    let limited = limits.iter().any(|l| l.remaining == 0);
+                    let capped = in_flight
+                        .iter()
+                        .zip(self.registry.limits())
+                        .any(|(n, l)| *n >= l.max);
+                    let wait = if capped {
+                        LIMITED_POLL
+                    } else if (self.queues.is_dynamic() || limited) && !reply.paused {
+                        QUEUE_REFRESH.min(self.interval.max(Duration::from_millis(1)))
+                    } else {
+                        self.interval
+                    };
+                    next_poll = Instant::now() + wait;
+                    if !draining && !reply.paused && !limited {
+                        waiters.arm();
+                    }
+                }
+                continue;
+            }
+
+            let running = slots.iter().any(|s| matches!(s, Slot::Running(_)));
+            let pending = slots.iter().any(|s| !matches!(s, Slot::Free));
+            if stopping.is_some() && !pending {
+                return Ok(StopReport {
+                    reason: StopReason::Requested,
+                    performed,
+                    put_back,
+                    left_registered: Vec::new(),
+                });
+            }
+            if draining && idle && !pending && !paused {
+                return Ok(StopReport {
+                    reason: StopReason::Drained,
+                    performed,
+                    put_back,
+                    left_registered: Vec::new(),
+                });
+            }
+            let deadline = stopping.flatten();
+
+            // Cancel-safety: every branch is safe to drop. join_next and recv
+            // lose nothing when another branch wins; the timers and the
+            // notification only end a wait. Taken jobs are never raced here:
+            // they are in slots, and only a recorded step frees a slot.
+            tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    self.finish(&mut slots, done, &mut in_flight, &mut skipped);
+                    // Capacity under a limit came free: look at the queues.
+                    idle = false;
+                }
+                msg = control.recv() => match msg {
+                    Some(Control::Stop) => {
+                        stop_requests += 1;
+                        let grace = if stop_requests > 1 { Duration::ZERO } else { self.shutdown_timeout };
+                        info!(running, grace = ?grace, "stopping: no new jobs");
+                        stopping = Some(Some(Instant::now() + grace));
+                    }
+                    Some(Control::StopAfterJobs) => {
+                        info!(running, "stopping after the running jobs");
+                        if stopping.is_none() {
+                            stopping = Some(None);
+                        }
+                    }
+                    Some(Control::CancelJobs) => {
+                        self.cancel_running(&mut slots, &mut in_flight, "cancelled by SIGUSR1");
+                    }
+                    Some(Control::Pause) => {
+                        info!("paused");
+                        paused = true;
+                    }
+                    Some(Control::Resume) => {
+                        info!("resumed");
+                        paused = false;
+                        idle = false;
+                    }
+                    None => {
+                        if stopping.is_none() {
+                            info!("controller gone: stopping after the running jobs");
+                            stopping = Some(None);
+                        }
+                    }
+                },
+                _ = wake.notified(), if idle => { idle = false; }
+                _ = tokio::time::sleep_until(next_poll), if idle => { idle = false; }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && running => {
+                    put_back += self.put_back_running(&mut slots, &mut in_flight).await;
+                }
+            }
+        }
+    }
+
+    /// Spawn the task running a taken job; returns the slot's new state.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        tasks: &mut JoinSet<Finished>,
+        slot: usize,
+        seq: u64,
+        limit: Option<usize>,
+        queue: String,
+        raw: &[u8],
+        status: Vec<u8>,
+        run_at: &str,
+    ) -> Slot {
+        let raw: Arc<[u8]> = Arc::from(raw);
+        let ctx = JobContext {
+            worker: self.slots[slot].id.clone(),
+            run_at: run_at.to_owned(),
+            id: format!("{}-{seq}", std::process::id()),
+            services: self.services.clone(),
+        };
+        let registry = self.registry.clone();
+        let job_queue = queue.clone();
+        let job_raw = raw.clone();
+        let abort = tasks.spawn(
+            async move {
+                let outcome = execute(&registry, &job_queue, &job_raw, ctx).await;
+                (slot, seq, outcome)
+            }
+            .instrument(debug_span!("job", worker = %self.slots[slot].id)),
+        );
+        Slot::Running(Running {
+            seq,
+            limit,
+            queue,
+            raw,
+            status,
+            abort,
+        })
+    }
+
+    /// At the shutdown deadline: stop every running job and put it back at
+    /// the head of its queue. Returns how many went back.
+    async fn put_back_running(&self, slots: &mut [Slot], in_flight: &mut [usize]) -> usize {
+        let mut n = 0;
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Slot::Running(r) = slot else { continue };
+            r.abort.abort();
+            if let Some(l) = r.limit {
+                in_flight[l] -= 1;
+            }
+            let worker = &self.slots[i];
+            match self
+                .store
+                .put_back(worker, &r.status, &r.queue, &r.raw)
+                .await
+            {
+                Ok(true) => {
+                    n += 1;
+                    info!(worker = %worker.id, queue = %r.queue, "job put back at the head of its queue");
+                }
+                Ok(false) => {
+                    warn!(worker = %worker.id, "status no longer holds the job; not put back")
+                }
+                Err(e) => {
+                    error!(worker = %worker.id, error = %e, "cannot put the job back; it stays in the status key for recovery")
+                }
+            }
+            *slot = Slot::Free;
+        }
+        n
+    }
+}
+
+impl Runner {
+    /// The limits of the next take: what each capped plugin may still take,
+    /// and the classes being skipped.
+    fn take_limits(&self, in_flight: &[usize], skipped: &[(String, Instant)]) -> Vec<TakeLimit> {
+        let mut limits: Vec<TakeLimit> = self
+            .registry
+            .limits()
+            .iter()
+            .zip(in_flight)
+            .map(|(l, n)| TakeLimit {
+                remaining: l.max.saturating_sub(*n),
+                patterns: l
+                    .classes
+                    .iter()
+                    .map(|c| crate::glob::to_lua_pattern(c))
+                    .collect(),
+            })
+            .collect();
+        limits.extend(skipped.iter().map(|(class, _)| TakeLimit {
+            remaining: 0,
+            patterns: vec![crate::glob::lua_literal(class)],
+        }));
+        limits
+    }
+
+    /// A job task ended: queue its ack, unless the slot has moved on (the job
+    /// was cancelled or put back meanwhile).
+    fn finish(
+        &self,
+        slots: &mut [Slot],
+        done: std::result::Result<Finished, tokio::task::JoinError>,
+        in_flight: &mut [usize],
+        skipped: &mut Vec<(String, Instant)>,
+    ) {
+        let Ok((i, seq, outcome)) = done else {
+            // Aborted tasks: their slot was already handled by whoever aborted.
+            return;
+        };
+        let Slot::Running(r) = &slots[i] else { return };
+        if r.seq != seq {
+            return;
+        }
+        if let Some(l) = r.limit {
+            in_flight[l] -= 1;
+        }
+        let outcome = match outcome {
+            Outcome::Unknown(class) => match self.unknown_class {
+                UnknownClass::Fail => Outcome::Failed(UnknownClass::failure(&class)),
+                UnknownClass::Requeue => {
+                    let pause = self.interval.max(Duration::from_secs(1));
+                    info!(class, queue = %r.queue, skip_for = ?pause, "unknown class put back for other workers");
+                    skipped.push((class.clone(), Instant::now() + pause));
+                    Outcome::PutBack(format!("no handler for class {class}"))
+                }
+            },
+            other => other,
+        };
+        let ack = ack_for(&self.slots[i], r, outcome);
+        slots[i] = Slot::Acking(ack);
+    }
+
+    /// Abort every running job and record it as failed, as Ruby records a
+    /// child killed by USR1 (`Resque::DirtyExit`).
+    fn cancel_running(&self, slots: &mut [Slot], in_flight: &mut [usize], why: &str) {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Slot::Running(r) = slot else { continue };
+            r.abort.abort();
+            if let Some(l) = r.limit {
+                in_flight[l] -= 1;
+            }
+            warn!(worker = %self.slots[i].id, queue = %r.queue, "job {why}");
+            let e = JobError::new("Resque::DirtyExit", format!("Job {why}"));
+            *slot = Slot::Acking(ack_for(&self.slots[i], r, Outcome::Failed(e)));
+        }
+    }
+}
+
+fn ack_for(worker: &WorkerId, r: &Running, outcome: Outcome) -> Ack {
+    let kind = match outcome {
+        Outcome::Succeeded => AckKind::Done,
+        Outcome::PutBack(_) => AckKind::PutBack {
+            queue: r.queue.clone(),
+            raw: r.raw.clone(),
+        },
+        Outcome::Unknown(class) => {
+            AckKind::Failed(failure_record(worker, r, UnknownClass::failure(&class)))
+        }
+        Outcome::Failed(e) => AckKind::Failed(failure_record(worker, r, e)),
+    };
+    Ack {
+        worker: worker.clone(),
+        expected: r.status.clone(),
+        kind,
+    }
+}
+
+fn failure_record(worker: &WorkerId, r: &Running, e: JobError) -> String {
+    Failure {
+        failed_at: payload::failed_at(Utc::now()),
+        payload: payload::payload_for_record(&r.raw),
+        exception: e.exception,
+        error: e.message,
+        backtrace: e.backtrace,
+        worker: worker.id.clone(),
+        queue: r.queue.clone(),
+    }
+    .to_json()
+}

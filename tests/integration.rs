@@ -1,0 +1,10 @@
+//! The integration suite: one binary, every test against a real
+//! `redis-server` (see `util`), interop tests against the real node-resque.
+
+mod util;
+
+mod cli;
+mod node;
+mod signals;
+mod wire;
+mod worker;

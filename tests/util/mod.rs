@@ -1,0 +1,320 @@
+//! Test harness: a private `redis-server` per test process, one namespace
+//! per test, the ah-worker binary and the real node-resque peer.
+//!
+//! The server is started on a free port and stops by itself when the test
+//! process exits (a small shell guard watches the parent). Set
+//! `AH_WORKER_TEST_REDIS_URL` to use another server you own; tests touch only
+//! their own namespace there and never flush anything.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ah_worker::config::{Config, LogFormat};
+use ah_worker::handler::Registry;
+use ah_worker::shutdown::{Control, Controller, StopReport};
+use redis::Commands;
+
+static SERVER: OnceLock<String> = OnceLock::new();
+/// Guards of servers that live as long as the test process.
+static GUARDS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The URL of the test Redis, starting it on first use.
+pub fn redis_url() -> &'static str {
+    SERVER.get_or_init(|| {
+        if let Ok(url) = std::env::var("AH_WORKER_TEST_REDIS_URL") {
+            return url;
+        }
+        let port = free_port();
+        let guard = start_redis(port, &[]);
+        GUARDS.lock().unwrap().push(guard);
+        format!("redis://127.0.0.1:{port}/0")
+    })
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start a `redis-server` on `port` that dies with this process; waits until
+/// it answers PING. Returns the guard shell (killing it stops the server).
+#[allow(clippy::zombie_processes)] // the caller owns and reaps the guard
+pub fn start_redis(port: u16, extra: &[&str]) -> Child {
+    let script = format!(
+        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {} >/dev/null 2>&1 & r=$!; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; kill $r 2>/dev/null",
+        extra.join(" "),
+        parent = std::process::id()
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh must exist");
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+            && redis::cmd("PING").query::<String>(&mut c).is_ok()
+        {
+            return child;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "redis-server did not start on port {port} (is it installed? scripts/install-deps)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One test's namespace on the test server.
+pub struct Ns {
+    pub ns: String,
+    pub url: String,
+    pub conn: redis::Connection,
+}
+
+impl Ns {
+    /// A fresh namespace named after the test.
+    pub fn new(test: &str) -> Ns {
+        let url = redis_url().to_owned();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("t{}-{n}-{test}", std::process::id());
+        let conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        Ns { ns, url, conn }
+    }
+
+    /// `<ns>:<rest>`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.ns)
+    }
+
+    /// Run a command on the test server.
+    pub fn cmd<T: redis::FromRedisValue>(&mut self, args: &[&str]) -> T {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Push raw bytes onto a queue, as any enqueuer does.
+    pub fn push(&mut self, queue: &str, payload: &[u8]) {
+        let _: () = self.conn.sadd(self.key("queues"), queue).unwrap();
+        let _: () = self
+            .conn
+            .rpush(self.key(&format!("queue:{queue}")), payload)
+            .unwrap();
+    }
+
+    /// The list `<ns>:<rest>` as strings.
+    pub fn list(&mut self, rest: &str) -> Vec<String> {
+        self.conn.lrange(self.key(rest), 0, -1).unwrap()
+    }
+
+    /// An integer key, 0 when absent.
+    pub fn int(&mut self, rest: &str) -> i64 {
+        self.conn
+            .get::<_, Option<i64>>(self.key(rest))
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// Every key of the namespace, without the prefix, sorted.
+    pub fn keys(&mut self) -> Vec<String> {
+        let prefix = format!("{}:", self.ns);
+        let mut keys: Vec<String> = self
+            .conn
+            .scan_match::<_, String>(format!("{prefix}*"))
+            .unwrap()
+            .map(|k| k[prefix.len()..].to_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The failure records, parsed.
+    pub fn failures(&mut self) -> Vec<serde_json::Value> {
+        self.list("failed")
+            .iter()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect()
+    }
+
+    /// A worker config for this namespace.
+    pub fn config(&self, queues: &[&str], concurrency: usize) -> Config {
+        Config {
+            redis_url: self.url.clone(),
+            namespace: self.ns.clone(),
+            queues: queues.iter().map(|s| s.to_string()).collect(),
+            concurrency,
+            interval: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            log_level: None,
+            config_file: None,
+            plugins: Vec::new(),
+            unknown_class: ah_worker::worker::UnknownClass::Fail,
+        }
+    }
+
+    /// The ah-worker binary with a clean environment pointing at this namespace.
+    pub fn bin(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ah-worker"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("REDIS_URL", &self.url)
+            .env("AH_WORKER_NAMESPACE", &self.ns)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run the node-resque peer (`tests/node/peer.js`) and parse its JSON line.
+    pub fn node(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .node_cmd(args)
+            .output()
+            .expect("node must be installed");
+        assert!(
+            out.status.success(),
+            "peer.js {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("peer.js {args:?} printed {stdout:?}: {e}"))
+    }
+
+    /// The node peer command, to spawn it in the background.
+    pub fn node_cmd(&self, args: &[&str]) -> Command {
+        let dir = root().join("tests/node");
+        assert!(
+            dir.join("node_modules/node-resque").exists(),
+            "node peers not installed: run scripts/install-deps"
+        );
+        let mut c = Command::new("node");
+        c.arg(dir.join("peer.js"))
+            .args(args)
+            .env("REDIS_URL", &self.url)
+            .env("RESQUE_NAMESPACE", &self.ns)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+/// A worker running in this process.
+pub struct InProcess {
+    pub controller: Controller,
+    pub task: tokio::task::JoinHandle<anyhow::Result<StopReport>>,
+}
+
+impl InProcess {
+    /// Start a worker with `registry`.
+    pub fn start(config: Config, registry: Registry) -> InProcess {
+        let (controller, control) = Controller::new();
+        let task =
+            tokio::spawn(async move { ah_worker::app::run(&config, registry, control).await });
+        InProcess { controller, task }
+    }
+
+    /// Start a worker with the built-in handlers.
+    pub fn builtin(config: Config) -> InProcess {
+        InProcess::start(config, Registry::with_builtin())
+    }
+
+    /// Send `Stop` and wait for the report.
+    pub async fn stop(self) -> StopReport {
+        self.controller.send(Control::Stop);
+        self.join().await
+    }
+
+    /// Wait for the worker to end by itself.
+    pub async fn join(self) -> StopReport {
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("worker did not stop within 60 s")
+            .expect("worker task panicked")
+            .expect("worker failed")
+    }
+}
+
+/// Poll `cond` every 10 ms until it holds; panic with `what` after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Async variant of [`wait_for`] for tests on the tokio runtime.
+pub async fn wait_for_async(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Send a signal to a child process.
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Wait for a child to exit (at most `secs`) and return its output.
+pub fn wait_output(mut child: Child, secs: u64) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {secs}s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Read a fixture file.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path: &Path = &root().join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
