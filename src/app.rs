@@ -1,13 +1,79 @@
 //! The composition root: from a [`Config`] and a [`Registry`] to a running
 //! worker, plus the one-shot commands.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use clap::Parser as _;
 use tokio::sync::mpsc;
 
+use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::handler::{Registry, Services};
+use crate::shutdown::Controller;
+use crate::{signals, telemetry};
+
+/// The whole program around `registry`: parse the command line, load and
+/// check the configuration (plugins included), run, and map the result to
+/// an exit status: 0 clean stop, 1 runtime failure, 2 usage or configuration
+/// error.
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.run) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ah-worker: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Usage errors are found before anything runs.
+    if let Err(e) = crate::plugin::check_claims(&config.plugins, &registry) {
+        eprintln!("ah-worker: error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(Command::Enqueue { args, .. }) = &cli.command
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(args)
+    {
+        eprintln!(
+            "ah-worker: error: --args {args:?} is not JSON ({e}); expected e.g. '[1, \"x\"]'"
+        );
+        return ExitCode::from(2);
+    }
+    telemetry::init(config.log_format, config.log_level.as_deref());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ah-worker: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None | Some(Command::Run) => {
+                let (controller, control) = Controller::new();
+                signals::forward(controller)?;
+                run(&config, registry, control).await.map(|_| ())
+            }
+            Some(Command::Enqueue {
+                class,
+                queue_name,
+                args,
+            }) => {
+                let args =
+                    serde_json::from_str(&args).expect("validated before the runtime started");
+                enqueue(&config, &class, &queue_name, args).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ah-worker: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
 use crate::resque::{Store, WorkerId, payload};
 use crate::shutdown::{Control, StopReport};
 use crate::worker::{QueueSpec, Runner};

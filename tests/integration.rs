@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod node;
+mod plugins;
 mod signals;
 mod wire;
 mod worker;

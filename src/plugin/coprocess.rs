@@ -29,8 +29,10 @@ const RESTART_MIN: Duration = Duration::from_millis(100);
 const RESTART_MAX: Duration = Duration::from_secs(10);
 /// A process that lived this long is restarted without delay.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// How long a process may take to exit after its stdin is closed.
-const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long a process may take to exit after its stdin is closed. By then
+/// the worker has finished or put back every job, so what the process still
+/// works on is abandoned.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Longest line read from a process; a longer one is an error.
 const MAX_LINE: usize = 16 * 1024 * 1024;
 
@@ -321,16 +323,19 @@ impl Supervisor {
         let mut reader = BufReader::new(stdout);
         let mut buf = Vec::new();
         let mut closing = false;
+        let mut exit_deadline = tokio::time::Instant::now();
         let status = loop {
             // Cancel-safety: read_until keeps what it read in `buf` when the
             // stop branch wins, and after a stop the loop only drains output.
             tokio::select! {
                 _ = self.stop.cancelled(), if !closing => {
                     closing = true;
+                    exit_deadline = tokio::time::Instant::now() + EXIT_GRACE;
                     self.proc.writer.send_replace(None);
                     tx = None;
                     continue;
                 }
+                _ = tokio::time::sleep_until(exit_deadline), if closing => break None,
                 read = read_line(&mut reader, &mut buf) => match read {
                     Ok(true) => {
                         let line = String::from_utf8_lossy(&buf).into_owned();
@@ -339,7 +344,7 @@ impl Supervisor {
                     }
                     Ok(false) | Err(_) => {
                         let waited = if closing {
-                            tokio::time::timeout(EXIT_GRACE, child.wait()).await.ok()
+                            tokio::time::timeout_at(exit_deadline, child.wait()).await.ok()
                         } else {
                             Some(child.wait().await)
                         };
@@ -355,7 +360,7 @@ impl Supervisor {
             Some(Err(e)) => format!("wait failed: {e}"),
             None => {
                 let _ = child.kill().await;
-                format!("did not exit within {EXIT_GRACE:?} of stdin closing; killed")
+                format!("did not exit within {EXIT_GRACE:?} of its stdin closing; killed")
             }
         };
         writer.abort();

@@ -96,7 +96,12 @@ pub struct Ns {
 impl Ns {
     /// A fresh namespace named after the test.
     pub fn new(test: &str) -> Ns {
-        let url = redis_url().to_owned();
+        Ns::on(redis_url(), test)
+    }
+
+    /// A fresh namespace on the server at `url`.
+    pub fn on(url: &str, test: &str) -> Ns {
+        let url = url.to_owned();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let ns = format!("t{}-{n}-{test}", std::process::id());
         let conn = redis::Client::open(url.as_str())
@@ -317,4 +322,86 @@ pub fn wait_output(mut child: Child, secs: u64) -> Output {
 pub fn fixture(name: &str) -> serde_json::Value {
     let path: &Path = &root().join("tests/fixtures").join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A plugin declaration from TOML text.
+pub fn plugin(text: &str) -> ah_worker::plugin::PluginSpec {
+    ah_worker::plugin::PluginSpec::from_toml(toml::from_str(text).unwrap(), "test").unwrap()
+}
+
+/// A minimal HTTP/1.1 endpoint on 127.0.0.1 for `http` plugin tests. It
+/// answers each POST by the job's class: `Http::Ok` 200, `Http::Fail` 500
+/// with a body, `Http::Slow` 200 after 5 s; it keeps connections alive and
+/// records every body it received.
+pub struct FakeHttp {
+    pub url: String,
+    pub bodies: std::sync::Arc<Mutex<Vec<serde_json::Value>>>,
+    pub connections: std::sync::Arc<AtomicUsize>,
+}
+
+impl FakeHttp {
+    pub async fn start() -> FakeHttp {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jobs", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let (b, c) = (bodies.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                let bodies = b.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut r = BufReader::new(r);
+                    loop {
+                        let mut len = 0usize;
+                        let mut line = String::new();
+                        // Request line and headers.
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        r.read_exact(&mut body).await.unwrap();
+                        let job: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        bodies.lock().unwrap().push(job.clone());
+                        let (status, text) = match job["class"].as_str().unwrap_or("") {
+                            "Http::Fail" => ("500 Internal Server Error", "boom: something broke"),
+                            "Http::Slow" => {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                ("200 OK", "late")
+                            }
+                            _ => ("200 OK", "ok"),
+                        };
+                        let response = format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if w.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeHttp {
+            url,
+            bodies,
+            connections,
+        }
+    }
 }
