@@ -418,10 +418,14 @@ headers = {{ Authorization = "Bearer t" }}
     let mut jobs: Vec<Vec<u8>> = (0..5).map(|i| job("Http::Ok", json!([i]))).collect();
     jobs.push(job("Http::Fail", json!([])));
     jobs.push(job("Http::Slow", json!([])));
+    jobs.push(job("Http::Drop", json!([])));
     drain(&mut t, vec![p], 1, &jobs).await;
-    assert_eq!(t.int("stat:processed"), 7);
+    assert_eq!(t.int("stat:processed"), 8);
     let f = t.failures();
-    assert_eq!(f.len(), 2);
+    assert_eq!(f.len(), 3);
+    let dropped = failure_of(&f, "Http::Drop");
+    assert_eq!(dropped["exception"], json!("AhWorker::HttpError"));
+    assert!(dropped["error"].as_str().unwrap().contains("request failed"), "{dropped}");
     let fail = failure_of(&f, "Http::Fail");
     assert_eq!(fail["exception"], json!("AhWorker::HttpError"));
     assert_eq!(fail["error"], json!("HTTP 500: boom: something broke"));

@@ -331,8 +331,9 @@ pub fn plugin(text: &str) -> ah_worker::plugin::PluginSpec {
 
 /// A minimal HTTP/1.1 endpoint on 127.0.0.1 for `http` plugin tests. It
 /// answers each POST by the job's class: `Http::Ok` 200, `Http::Fail` 500
-/// with a body, `Http::Slow` 200 after 5 s; it keeps connections alive and
-/// records every body it received.
+/// with a body, `Http::Slow` 200 after 5 s, `Http::Drop` closes the
+/// connection without answering (a handler dying mid-job); it keeps
+/// connections alive and records every body it received.
 pub struct FakeHttp {
     pub url: String,
     pub bodies: std::sync::Arc<Mutex<Vec<serde_json::Value>>>,
@@ -381,6 +382,7 @@ impl FakeHttp {
                         bodies.lock().unwrap().push(job.clone());
                         let (status, text) = match job["class"].as_str().unwrap_or("") {
                             "Http::Fail" => ("500 Internal Server Error", "boom: something broke"),
+                            "Http::Drop" => return,
                             "Http::Slow" => {
                                 tokio::time::sleep(Duration::from_secs(5)).await;
                                 ("200 OK", "late")
