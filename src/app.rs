@@ -74,9 +74,9 @@ pub fn main(registry: Registry) -> ExitCode {
         }
     }
 }
-use crate::resque::{Store, WorkerId, payload};
+use crate::resque::{ProcessId, Store, payload};
 use crate::shutdown::{Control, StopReport};
-use crate::worker::{QueueSpec, Runner};
+use crate::worker::{QueueSpec, Recoverer, Runner};
 
 /// Run a worker with `config` and `registry` until `control` stops it.
 pub async fn run(
@@ -84,16 +84,24 @@ pub async fn run(
     registry: Registry,
     control: mpsc::UnboundedReceiver<Control>,
 ) -> anyhow::Result<StopReport> {
-    let store = connect(config).await?;
+    let mut control = control;
+    let store = connect_retrying(config, &mut control).await?;
     let mut registry = registry;
     crate::plugin::register_all(&config.plugins, &mut registry)?;
     let registry = Arc::new(registry);
     let queues = QueueSpec::new(&config.queues);
-    let host = hostname();
-    let pid = std::process::id();
-    let slots = (1..=config.concurrency)
-        .map(|n| WorkerId::new(&host, pid, n, &queues.id_part()))
-        .collect();
+    let me = ProcessId {
+        host: config.host_name.clone().unwrap_or_else(hostname),
+        pid: std::process::id(),
+    };
+    let slots = me.slots(config.concurrency, &queues.id_part());
+    let recoverer = Recoverer {
+        store: store.clone(),
+        me,
+        dead_after: config.dead_after,
+        jobs: config.dead_worker_jobs,
+        max_recoveries: config.max_recoveries,
+    };
     let runner = Runner {
         services: Services::new(store.clone()),
         store,
@@ -104,6 +112,7 @@ pub async fn run(
         shutdown_timeout: config.shutdown_timeout,
         heartbeat_interval: config.heartbeat_interval,
         unknown_class: config.unknown_class,
+        recoverer,
     };
     let report = runner.run(control).await;
     // No job runs any more: close plugin processes and connections.
@@ -124,6 +133,33 @@ pub async fn enqueue(
         .await
         .context("enqueue failed")?;
     Ok(())
+}
+
+/// Connect, retrying with capped backoff while Redis does not answer, until
+/// it does or a stop arrives.
+async fn connect_retrying(
+    config: &Config,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+) -> anyhow::Result<Store> {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match connect(config).await {
+            Ok(store) => return Ok(store),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "waiting for redis")
+            }
+        }
+        // Cancel-safety: nothing runs yet; a stop just ends the wait.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            msg = control.recv() => {
+                if matches!(msg, Some(Control::Stop | Control::StopAfterJobs) | None) {
+                    anyhow::bail!("stopped before redis answered");
+                }
+            }
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 async fn connect(config: &Config) -> anyhow::Result<Store> {

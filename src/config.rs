@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::cli::RunArgs;
 use crate::plugin::{PluginError, PluginSpec};
-use crate::worker::UnknownClass;
+use crate::worker::{DeadWorkerJobs, UnknownClass};
 
 /// Redis used when nothing else is configured.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -31,6 +31,14 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// 60 s; node-resque pings every 5 s and cleans after an hour. 30 s keeps
 /// both far from stale at two commands per beat.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// A process whose heartbeat is this old is taken for dead and its jobs are
+/// recovered. Beats come every 5 s, so this survives a few lost beats and
+/// short stalls; raise it if workers can freeze longer (huge GC-less pauses
+/// do not happen here, but a paused VM or SIGSTOP do).
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
+/// Put a job back at most this many times after its worker died: a job that
+/// keeps killing workers then goes to `failed`.
+pub const DEFAULT_MAX_RECOVERIES: u32 = 3;
 /// An upper bound that keeps a typo from starting 10⁶ slots.
 pub const MAX_CONCURRENCY: usize = 10_000;
 
@@ -115,6 +123,14 @@ pub struct Config {
     pub plugins: Vec<PluginSpec>,
     /// What to do with a class no handler claims.
     pub unknown_class: UnknownClass,
+    /// Heartbeat age after which a process is dead.
+    pub dead_after: Duration,
+    /// What a dead process's jobs become.
+    pub dead_worker_jobs: DeadWorkerJobs,
+    /// Recoveries of one job before it is failed as poison.
+    pub max_recoveries: u32,
+    /// The host part of worker ids (default: the kernel host name).
+    pub host_name: Option<String>,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -132,6 +148,10 @@ struct FileConfig {
     log_format: Option<String>,
     log_level: Option<String>,
     unknown_class: Option<String>,
+    dead_after: Option<toml::Value>,
+    dead_worker_jobs: Option<String>,
+    max_recoveries: Option<toml::Value>,
+    host_name: Option<String>,
     plugins_dir: Option<PathBuf>,
     #[serde(default)]
     plugins: Vec<toml::Value>,
@@ -376,6 +396,69 @@ impl Config {
             },
         };
 
+        let dead_after = duration(
+            pick(
+                &None,
+                "",
+                &["AH_WORKER_DEAD_AFTER"],
+                file.dead_after.map(toml_scalar),
+                "dead_after",
+            ),
+            "dead_after",
+            DEFAULT_DEAD_AFTER,
+            false,
+        )?;
+        let dead_worker_jobs = match pick(
+            &None,
+            "",
+            &["AH_WORKER_DEAD_WORKER_JOBS"],
+            file.dead_worker_jobs.clone(),
+            "dead_worker_jobs",
+        ) {
+            None => DeadWorkerJobs::Requeue,
+            Some(raw) => match raw.value.trim() {
+                "requeue" => DeadWorkerJobs::Requeue,
+                "fail" => DeadWorkerJobs::Fail,
+                _ => return Err(invalid("dead_worker_jobs", &raw, "requeue or fail")),
+            },
+        };
+        let max_recoveries = match pick(
+            &None,
+            "",
+            &["AH_WORKER_MAX_RECOVERIES"],
+            file.max_recoveries.map(toml_scalar),
+            "max_recoveries",
+        ) {
+            None => DEFAULT_MAX_RECOVERIES,
+            Some(raw) => raw.value.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    "max_recoveries",
+                    &raw,
+                    "a whole number (0 fails every recovered job)",
+                )
+            })?,
+        };
+        let host_name = match pick(
+            &None,
+            "",
+            &["AH_WORKER_HOST_NAME"],
+            file.host_name.clone(),
+            "host_name",
+        ) {
+            None => None,
+            Some(raw) => {
+                let v = raw.value.trim();
+                if v.is_empty() || v.contains([':', ',', ' ']) {
+                    return Err(invalid(
+                        "host_name",
+                        &raw,
+                        "a name without ':', ',' or spaces",
+                    ));
+                }
+                Some(v.to_owned())
+            }
+        };
+
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
             let source = format!("[[plugins]] #{} in {file_name}", i + 1);
@@ -404,6 +487,10 @@ impl Config {
             config_file,
             plugins,
             unknown_class,
+            dead_after,
+            dead_worker_jobs,
+            max_recoveries,
+            host_name,
         })
     }
 }

@@ -425,7 +425,13 @@ headers = {{ Authorization = "Bearer t" }}
     assert_eq!(f.len(), 3);
     let dropped = failure_of(&f, "Http::Drop");
     assert_eq!(dropped["exception"], json!("AhWorker::HttpError"));
-    assert!(dropped["error"].as_str().unwrap().contains("request failed"), "{dropped}");
+    assert!(
+        dropped["error"]
+            .as_str()
+            .unwrap()
+            .contains("request failed"),
+        "{dropped}"
+    );
     let fail = failure_of(&f, "Http::Fail");
     assert_eq!(fail["exception"], json!("AhWorker::HttpError"));
     assert_eq!(fail["error"], json!("HTTP 500: boom: something broke"));
@@ -512,8 +518,8 @@ async fn a_capped_plugin_does_not_hold_up_other_classes() {
 async fn unknown_classes_can_be_left_for_other_workers_without_spinning() {
     // A private server, so its command counts are ours alone.
     let port = crate::util::free_port();
-    let mut guard = crate::util::start_redis(port, &[]);
-    let mut t = Ns::on(&format!("redis://127.0.0.1:{port}/0"), "unknown");
+    let server = crate::util::start_redis(port, &[]);
+    let mut t = Ns::on(&server.url(), "unknown");
     let foreign = br#"{"class":"Ruby::Only","args":[]}"#;
     t.push("q", foreign);
     t.push("q", br#"{"class":"AhWorker::Noop","args":[]}"#);
@@ -551,8 +557,6 @@ async fn unknown_classes_can_be_left_for_other_workers_without_spinning() {
     })
     .await;
     w.stop().await;
-    let _ = guard.kill();
-    let _ = guard.wait();
 }
 
 // ---------------------------------------------------------------- start-up

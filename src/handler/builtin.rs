@@ -9,7 +9,11 @@ use super::{JobError, Registry};
 /// Register every built-in handler:
 /// - `AhWorker::Noop`: does nothing;
 /// - `AhWorker::Sleep` (args `[seconds]`): sleeps, without holding a thread;
-/// - `AhWorker::Fail` (args `[message]`): fails with `RuntimeError` and the message.
+/// - `AhWorker::Fail` (args `[message]`): fails with `RuntimeError` and the message;
+/// - `AhWorker::Count` (args `[key, field]` or `[key, field, seconds]`):
+///   optionally sleeps, then adds 1 to `field` of the hash `<namespace>:<key>`,
+///   retrying through a Redis outage (up to 2 minutes), so tests and the chaos
+///   run can count every execution of every job.
 pub fn register_builtin(registry: &mut Registry) {
     registry.register_fn("AhWorker::Noop", |_job, _ctx| async { Ok(()) });
     registry.register_fn("AhWorker::Sleep", |job, _ctx| async move {
@@ -29,6 +33,40 @@ pub fn register_builtin(registry: &mut Registry) {
         };
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         Ok(())
+    });
+    registry.register_fn("AhWorker::Count", |job, ctx| async move {
+        let (Some(Value::String(key)), Some(field)) = (job.args.first(), job.args.get(1)) else {
+            return Err(JobError::new(
+                "ArgumentError",
+                "AhWorker::Count expects args [key, field]",
+            )
+            .into());
+        };
+        let field = match field {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if let Some(secs) = job
+            .args
+            .get(2)
+            .and_then(Value::as_f64)
+            .filter(|s| s.is_finite() && *s > 0.0)
+        {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        }
+        let mut delay = Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match ctx.services.count(key, &field).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "AhWorker::Count retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     });
     registry.register_fn("AhWorker::Fail", |job, _ctx| async move {
         let message = match job.args.first() {

@@ -84,6 +84,18 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Add 1 to field `field` of the hash `<namespace>:<key>`; for the
+    /// built-in `AhWorker::Count` that tests and the chaos run use to record
+    /// executions.
+    pub async fn count(&self, key: &str, field: &str) -> crate::Result<()> {
+        let store = self.store.as_ref().ok_or_else(|| {
+            crate::Error::Protocol("no worker services outside a running worker".into())
+        })?;
+        store.count(key, field).await
+    }
+}
+
 /// Runs jobs of one or more classes.
 pub trait Handler: Send + Sync + 'static {
     /// Perform one job. Errors and panics become failure records.
@@ -385,7 +397,12 @@ mod tests {
     #[test]
     fn builtins_are_registered() {
         let r = Registry::with_builtin();
-        for class in ["AhWorker::Noop", "AhWorker::Sleep", "AhWorker::Fail"] {
+        for class in [
+            "AhWorker::Noop",
+            "AhWorker::Sleep",
+            "AhWorker::Fail",
+            "AhWorker::Count",
+        ] {
             assert!(r.get(class).is_some(), "{class}");
         }
         assert!(r.get("Nope").is_none());

@@ -99,6 +99,17 @@ impl Keys {
         self.key(&format!("timestamps:{payload}"))
     }
 
+    /// ah-worker's own HASH of live processes: field `host:pid`, value
+    /// [`crate::resque::payload::ProcessEntry`] JSON. Peers ignore it.
+    pub fn processes(&self) -> String {
+        self.key("ah-worker:processes")
+    }
+
+    /// ah-worker's lock serialising the recovery of dead processes.
+    pub fn recovery_lock(&self) -> String {
+        self.key("ah-worker:recovery_lock")
+    }
+
     /// STRING an operator sets to `true` to pause every worker.
     pub fn pause_all_workers(&self) -> String {
         self.key("pause-all-workers")
@@ -124,6 +135,8 @@ mod tests {
         assert_eq!(k.failed(), "resque:failed");
         assert_eq!(k.pause_all_workers(), "resque:pause-all-workers");
         assert_eq!(k.delayed_schedule(), "resque:delayed_queue_schedule");
+        assert_eq!(k.processes(), "resque:ah-worker:processes");
+        assert_eq!(k.recovery_lock(), "resque:ah-worker:recovery_lock");
         assert_eq!(k.delayed(1717433100), "resque:delayed:1717433100");
         assert_eq!(Keys::delayed_member(1717433100), "delayed:1717433100");
         assert_eq!(

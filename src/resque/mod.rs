@@ -20,7 +20,7 @@ pub mod store;
 
 pub use keys::Keys;
 pub use payload::{Failure, Job, Malformed};
-pub use store::{Ack, AckKind, StepReply, Store, TakeLimit, Taken};
+pub use store::{Ack, AckKind, Recovered, Recovery, StepReply, Store, TakeLimit, Taken};
 
 /// The identity of one job slot, as registered in `workers`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,6 +32,38 @@ pub struct WorkerId {
     pub queues: String,
     /// The full id `host:pid+n:queues`, Ruby's `Worker#to_s`.
     pub id: String,
+}
+
+/// An ah-worker process: `host:pid`, the field of its registry entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProcessId {
+    /// Host part of its worker ids.
+    pub host: String,
+    /// Its pid.
+    pub pid: u32,
+}
+
+impl ProcessId {
+    /// The registry field `host:pid`.
+    pub fn field(&self) -> String {
+        format!("{}:{}", self.host, self.pid)
+    }
+
+    /// Parse a registry field.
+    pub fn parse(field: &str) -> Option<ProcessId> {
+        let (host, pid) = field.rsplit_once(':')?;
+        Some(ProcessId {
+            host: host.to_owned(),
+            pid: pid.parse().ok()?,
+        })
+    }
+
+    /// The ids of its `slots` slots serving `queues`.
+    pub fn slots(&self, slots: usize, queues: &str) -> Vec<WorkerId> {
+        (1..=slots)
+            .map(|n| WorkerId::new(&self.host, self.pid, n, queues))
+            .collect()
+    }
 }
 
 impl WorkerId {

@@ -225,6 +225,22 @@ pub fn encode_job(class: &str, queue: &str, args: Value) -> String {
     serde_json::to_string(&Payload { class, queue, args }).expect("JSON values always serialise")
 }
 
+/// An entry of ah-worker's process registry (`ah-worker:processes`): the
+/// slots a process registered and when it last beat (Unix ms, Redis clock).
+///
+/// ```json
+/// {"beat":1764474560123,"slots":10,"queues":"default,mail"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ProcessEntry {
+    /// Last heartbeat, Unix milliseconds.
+    pub beat: i64,
+    /// Number of slots (`host:pid+1` .. `+slots`).
+    pub slots: usize,
+    /// The queue part of its worker ids.
+    pub queues: String,
+}
+
 /// Split a status value we wrote (see [`status_head`]) into its queue and
 /// the payload's original bytes, so a job found in a status key can be
 /// resumed or put back verbatim. Works on bytes, since a malformed payload

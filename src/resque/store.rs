@@ -91,6 +91,42 @@ pub struct Store {
     step: Script,
     put_back: Script,
     unregister: Script,
+    recover: Script,
+    unlock: Script,
+}
+
+/// What [`Store::recover_slot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// The status key changed meanwhile; nothing done.
+    Changed,
+    /// The slot held no job; its registration is gone.
+    Idle,
+    /// Its job went back to the head of its queue.
+    Requeued,
+    /// Its job went to `failed`.
+    Failed,
+}
+
+/// The job of a dead slot and what to do with it (see `scripts/recover.lua`).
+#[derive(Debug, Clone)]
+pub struct Recovery<'a> {
+    /// The exact status value read, `None` if idle.
+    pub expected: Option<&'a [u8]>,
+    /// `true`: put the job back; `false`: fail it.
+    pub requeue: bool,
+    /// Its queue.
+    pub queue: &'a str,
+    /// Its payload bytes.
+    pub raw: &'a [u8],
+    /// The failure record if failed.
+    pub failure: &'a str,
+    /// Put back at most this many times (within `counter_ttl`).
+    pub max_recoveries: u32,
+    /// The failure record once it was put back too often.
+    pub poison_failure: &'a str,
+    /// How long recoveries of one payload are counted.
+    pub counter_ttl: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -117,6 +153,10 @@ impl Store {
             step: Script::new(include_str!("scripts/step.lua")),
             put_back: Script::new(include_str!("scripts/put_back.lua")),
             unregister: Script::new(include_str!("scripts/unregister.lua")),
+            recover: Script::new(include_str!("scripts/recover.lua")),
+            unlock: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            ),
         })
     }
 
@@ -280,7 +320,8 @@ impl Store {
     }
 
     /// Refresh both heartbeats of every slot: Ruby's `workers:heartbeat`
-    /// field and node-resque's ping key. Two commands whatever the count.
+    /// field and node-resque's ping key, and make sure every slot is still
+    /// registered.
     pub async fn heartbeat(&self, workers: &[WorkerId], now: DateTime<Utc>) -> Result<()> {
         if workers.is_empty() {
             return Ok(());
@@ -300,9 +341,20 @@ impl Store {
                 )
             })
             .collect();
+        let ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
         let mut pipe = redis::pipe();
         pipe.hset_multiple(k.heartbeats(), &fields).ignore();
         pipe.mset(&pings).ignore();
+        // Re-assert the registration: Ruby's same-host pruning may have
+        // removed it (see the README on sharing a host with Ruby workers).
+        pipe.sadd(k.workers(), &ids).ignore();
+        for w in workers {
+            pipe.cmd("SET")
+                .arg(k.worker_started(&w.id))
+                .arg(payload::started(now))
+                .arg("NX")
+                .ignore();
+        }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
@@ -318,6 +370,98 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    /// Record that process `field` is alive. Returns `true` if its entry
+    /// was missing: someone took it for dead and recovered it.
+    pub async fn process_beat(&self, field: &str, entry: &payload::ProcessEntry) -> Result<bool> {
+        let json = serde_json::to_string(entry).expect("plain struct serialises");
+        let mut conn = self.conn.clone();
+        let added: i64 = conn.hset(self.keys.processes(), field, json).await?;
+        Ok(added == 1)
+    }
+
+    /// Every registered ah-worker process (an unreadable entry is `None`).
+    pub async fn processes(&self) -> Result<Vec<(String, Option<payload::ProcessEntry>)>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, String)> = conn.hgetall(self.keys.processes()).await?;
+        Ok(all
+            .into_iter()
+            .map(|(field, v)| (field, serde_json::from_str(&v).ok()))
+            .collect())
+    }
+
+    /// Drop a process's registry entry.
+    pub async fn remove_process(&self, field: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        conn.hdel::<_, _, ()>(self.keys.processes(), field).await?;
+        Ok(())
+    }
+
+    /// Take the recovery lock for `ttl` if nobody holds it.
+    pub async fn lock_recovery(&self, owner: &str, ttl: Duration) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.recovery_lock())
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Release the recovery lock if `owner` still holds it.
+    pub async fn unlock_recovery(&self, owner: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        self.unlock
+            .key(self.keys.recovery_lock())
+            .arg(owner)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// What one slot's status key holds.
+    pub async fn status(&self, worker: &WorkerId) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.keys.worker(&worker.id)).await?)
+    }
+
+    /// Recover one slot of a dead process (see `scripts/recover.lua`).
+    pub async fn recover_slot(&self, worker: &WorkerId, r: &Recovery<'_>) -> Result<Recovered> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .recover
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(&worker.id)
+            .arg(&worker.name)
+            .arg(r.expected.unwrap_or(b""))
+            .arg(if r.requeue { "requeue" } else { "fail" })
+            .arg(r.queue)
+            .arg(r.raw)
+            .arg(r.failure)
+            .arg(r.max_recoveries)
+            .arg(r.poison_failure)
+            .arg(r.counter_ttl.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match n {
+            -1 => Recovered::Changed,
+            0 => Recovered::Idle,
+            1 => Recovered::Requeued,
+            _ => Recovered::Failed,
+        })
+    }
+
+    /// `HINCRBY <namespace>:<key> <field> 1`.
+    pub async fn count(&self, key: &str, field: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        conn.hincr::<_, _, _, ()>(format!("{}{key}", self.keys.prefix()), field, 1)
+            .await?;
+        Ok(())
     }
 
     /// Every name in the `queues` set.

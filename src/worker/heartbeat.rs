@@ -1,44 +1,96 @@
-//! Keeps both heartbeats of every slot fresh: Ruby's `workers:heartbeat`
-//! (pruned after 300 s) and node-resque's `worker:ping:<name>` (cleaned after
-//! `stuckWorkerTimeout`, an hour by default).
+//! Keeps this process visibly alive, and finds the dead.
+//!
+//! Every beat (a few seconds) refreshes the process's own registry entry
+//! and runs the dead-process check ([`Recoverer`]). Every
+//! `heartbeat_interval` it also refreshes both per-slot heartbeats the peers
+//! read: Ruby's `workers:heartbeat` (pruned after 300 s) and node-resque's
+//! `worker:ping:<name>` (cleaned after `stuckWorkerTimeout`, an hour by
+//! default). If the process's entry has vanished, someone took it for dead
+//! and recovered its slots: it registers them again.
 
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
+use super::recovery::Recoverer;
+use crate::resque::payload::ProcessEntry;
 use crate::resque::{Store, WorkerId};
 
-/// Spawn the heartbeat task; it beats every `every` until `cancel`.
-pub(super) fn spawn(
-    store: Store,
-    workers: Vec<WorkerId>,
-    every: Duration,
-    cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let span = info_span!("heartbeat", slots = workers.len());
-    tokio::spawn(
-        async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await; // registration wrote the first beat
-            loop {
-                // Cancel-safe: a beat cut short is rewritten by the next one
-                // or removed by unregistering.
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                // Redis's clock, as Ruby's pruning compares against it.
-                let beat = async {
-                    let now = store.redis_time().await?;
-                    store.heartbeat(&workers, now).await
-                };
-                if let Err(e) = beat.await {
-                    warn!(error = %e, "heartbeat failed; retrying at the next beat");
+/// The longest time between two beats of the process entry.
+pub(super) const MAX_BEAT: Duration = Duration::from_secs(5);
+
+/// What the heartbeat task keeps alive.
+pub(super) struct Heartbeat {
+    pub store: Store,
+    pub workers: Vec<WorkerId>,
+    pub queues: String,
+    pub heartbeat_interval: Duration,
+    pub recoverer: Recoverer,
+}
+
+impl Heartbeat {
+    /// How often the process entry is refreshed: well inside `dead_after`.
+    pub fn beat_every(&self) -> Duration {
+        MAX_BEAT
+            .min(self.recoverer.dead_after / 3)
+            .max(Duration::from_millis(100))
+    }
+
+    /// Write the process entry now; `true` if it had vanished.
+    pub async fn beat(&self) -> crate::Result<bool> {
+        let now = self.store.redis_time().await?;
+        let entry = ProcessEntry {
+            beat: now.timestamp_millis(),
+            slots: self.workers.len(),
+            queues: self.queues.clone(),
+        };
+        self.store
+            .process_beat(&self.recoverer.me.field(), &entry)
+            .await
+    }
+
+    /// Spawn the task; it beats until `cancel`.
+    pub fn spawn(self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let span = info_span!("heartbeat", slots = self.workers.len());
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(self.beat_every());
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await; // registration wrote the first beats
+                let mut last_full = Instant::now();
+                loop {
+                    // Cancel-safe: a beat cut short is rewritten by the next
+                    // one or removed by unregistering.
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = self.tick(&mut last_full).await {
+                        warn!(error = %e, "heartbeat failed; retrying at the next beat");
+                    }
                 }
             }
+            .instrument(span),
+        )
+    }
+
+    async fn tick(&self, last_full: &mut Instant) -> crate::Result<()> {
+        if self.beat().await? {
+            warn!(
+                "this process was taken for dead and its slots recovered; registering them again"
+            );
+            let now = self.store.redis_time().await?;
+            self.store.register(&self.workers, now).await?;
         }
-        .instrument(span),
-    )
+        if last_full.elapsed() >= self.heartbeat_interval {
+            // Redis's clock, as Ruby's pruning compares against it.
+            let now = self.store.redis_time().await?;
+            self.store.heartbeat(&self.workers, now).await?;
+            *last_full = Instant::now();
+        }
+        self.recoverer.run_once(false).await?;
+        Ok(())
+    }
 }

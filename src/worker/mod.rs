@@ -9,6 +9,7 @@
 mod heartbeat;
 mod pool;
 pub mod queues;
+pub mod recovery;
 mod wake;
 
 use std::panic::AssertUnwindSafe;
@@ -19,6 +20,7 @@ use tracing::{debug, info, warn};
 
 pub use pool::Runner;
 pub use queues::QueueSpec;
+pub use recovery::{DeadWorkerJobs, Recoverer};
 
 use crate::handler::{JobContext, JobError, PutBack, Registry};
 use crate::resque::{Job, payload};

@@ -17,9 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, error, info, warn};
 
+use super::heartbeat::Heartbeat;
 use super::queues::QueueSpec;
+use super::recovery::Recoverer;
 use super::wake::Waiters;
-use super::{Outcome, UnknownClass, execute, heartbeat};
+use super::{Outcome, UnknownClass, execute};
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
 use crate::resque::{Ack, AckKind, Failure, Store, TakeLimit, WorkerId, payload};
@@ -56,6 +58,8 @@ pub struct Runner {
     pub unknown_class: UnknownClass,
     /// What handlers may call while they run.
     pub services: Services,
+    /// Finds and recovers dead processes (this one's identity included).
+    pub recoverer: Recoverer,
 }
 
 /// A job a slot is running.
@@ -84,29 +88,66 @@ impl Runner {
     pub async fn run(self, mut control: mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
         let span = tracing::info_span!("runner", slots = self.slots.len(), queues = %self.queues.id_part());
         async move {
-            let now = self.store.redis_time().await?;
+            let now = self.wait_for_redis(&mut control).await?;
+            // A dead earlier process on this host (or under this very pid)
+            // gets its jobs back into the queues before we take any.
+            match self.recoverer.run_once(true).await {
+                Ok(n) if n > 0 => info!(jobs = n, "recovered the jobs of dead processes"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "recovery at start-up failed; the heartbeat retries it"),
+            }
             self.store.register(&self.slots, now).await?;
+            let heartbeat = Heartbeat {
+                store: self.store.clone(),
+                workers: self.slots.clone(),
+                queues: self.queues.id_part(),
+                heartbeat_interval: self.heartbeat_interval,
+                recoverer: self.recoverer.clone(),
+            };
+            heartbeat.beat().await?;
             info!(first = %self.slots[0].id, "worker registered");
             let beat = CancellationToken::new();
-            let beat_task = heartbeat::spawn(
-                self.store.clone(),
-                self.slots.clone(),
-                self.heartbeat_interval,
-                beat.clone(),
-            );
+            let beat_task = heartbeat.spawn(beat.clone());
             let result = self.serve(&mut control).await;
             beat.cancel();
             let _ = beat_task.await;
             let mut report = result?;
             report.left_registered = self.store.unregister(&self.slots).await?;
-            if !report.left_registered.is_empty() {
-                error!(workers = ?report.left_registered, "left registered: their status still holds a job");
+            if report.left_registered.is_empty() {
+                self.store.remove_process(&self.recoverer.me.field()).await?;
+            } else {
+                error!(workers = ?report.left_registered, "left registered: their status still holds a job; the next start-up here recovers it");
             }
             info!(reason = ?report.reason, performed = report.performed, put_back = report.put_back, "worker stopped");
             Ok(report)
         }
         .instrument(span)
         .await
+    }
+
+    /// Wait until Redis answers (retrying with capped backoff), unless
+    /// stopped meanwhile. Returns Redis's clock.
+    async fn wait_for_redis(
+        &self,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> Result<chrono::DateTime<Utc>> {
+        let mut delay = RETRY_MIN;
+        loop {
+            match self.store.redis_time().await {
+                Ok(now) => return Ok(now),
+                Err(e) => warn!(error = %e, retry_in = ?delay, "redis is not answering"),
+            }
+            // Cancel-safety: nothing is taken yet; a stop just ends the wait.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                msg = control.recv() => {
+                    if matches!(msg, Some(Control::Stop | Control::StopAfterJobs) | None) {
+                        return Err(crate::Error::Protocol("stopped before redis answered".into()));
+                    }
+                }
+            }
+            delay = (delay * 2).min(RETRY_MAX);
+        }
     }
 
     async fn serve(&self, control: &mut mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {

@@ -20,8 +20,8 @@ use ah_worker::shutdown::{Control, Controller, StopReport};
 use redis::Commands;
 
 static SERVER: OnceLock<String> = OnceLock::new();
-/// Guards of servers that live as long as the test process.
-static GUARDS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+/// The shared server, alive as long as the test process.
+static GUARDS: Mutex<Vec<RedisGuard>> = Mutex::new(Vec::new());
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The URL of the test Redis, starting it on first use.
@@ -46,37 +46,76 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Start a `redis-server` on `port` that dies with this process; waits until
-/// it answers PING. Returns the guard shell (killing it stops the server).
-#[allow(clippy::zombie_processes)] // the caller owns and reaps the guard
-pub fn start_redis(port: u16, extra: &[&str]) -> Child {
+/// A `redis-server` started by the tests. It stops when dropped, and in
+/// any case when the test process exits (a small shell guard watches it).
+pub struct RedisGuard {
+    /// The guard shell.
+    guard: Child,
+    /// The server's pid.
+    pub pid: u32,
+    /// Its port.
+    pub port: u16,
+}
+
+impl RedisGuard {
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.pid.to_string())
+            .status();
+        let _ = self.guard.kill();
+        let _ = self.guard.wait();
+    }
+}
+
+/// Start a `redis-server` on `port` with `extra` arguments; waits until it
+/// answers PING.
+pub fn start_redis(port: u16, extra: &[&str]) -> RedisGuard {
+    use std::io::BufRead as _;
     let script = format!(
-        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {} >/dev/null 2>&1 & r=$!; \
+        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {} >/dev/null 2>&1 & r=$!; echo $r; \
          while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; kill $r 2>/dev/null",
         extra.join(" "),
         parent = std::process::id()
     );
-    let mut child = Command::new("sh")
+    let mut guard = Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("sh must exist");
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut line = String::new();
+    std::io::BufReader::new(guard.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .unwrap();
+    let guard = RedisGuard {
+        guard,
+        pid: line
+            .trim()
+            .parse()
+            .expect("the guard prints the server pid"),
+        port,
+    };
+    let url = guard.url();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
             && redis::cmd("PING").query::<String>(&mut c).is_ok()
         {
-            return child;
+            return guard;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "redis-server did not start on port {port} (is it installed? scripts/install-deps)"
-            );
-        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not start on port {port} (is it installed? scripts/install-deps)"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -184,6 +223,10 @@ impl Ns {
             config_file: None,
             plugins: Vec::new(),
             unknown_class: ah_worker::worker::UnknownClass::Fail,
+            dead_after: Duration::from_secs(30),
+            dead_worker_jobs: ah_worker::worker::DeadWorkerJobs::Requeue,
+            max_recoveries: 3,
+            host_name: None,
         }
     }
 

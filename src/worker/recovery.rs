@@ -1,0 +1,181 @@
+//! Recovering the jobs of ah-worker processes that died.
+//!
+//! Every process keeps an entry in `ah-worker:processes` (its slots and a
+//! heartbeat). A process is dead when its entry is on this host and its pid
+//! is gone (certain, checked at start-up and on every beat), or when its
+//! heartbeat is older than `dead_after` (any host). Under the recovery lock,
+//! each slot of a dead process is recovered in one atomic step: its job goes
+//! back to the head of its queue (or to `failed`, as configured) and its
+//! registration is removed. The step is fenced on the exact status value,
+//! so a job is put back at most once even if two processes recover at once
+//! or the "dead" process was only stalled and acks late.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tracing::{info, warn};
+
+use crate::error::Result;
+use crate::resque::{Failure, Job, ProcessId, Recovered, Recovery, Store, payload};
+
+/// How long the recovery lock is held at most (released when done).
+const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long recoveries of one payload are counted for the poison limit.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// What a dead process's running jobs become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadWorkerJobs {
+    /// Back at the head of their queues (at least once, never lost).
+    Requeue,
+    /// `failed` entries, as Ruby's `Resque::DirtyExit`.
+    Fail,
+}
+
+/// The recovery settings of one process.
+#[derive(Debug, Clone)]
+pub struct Recoverer {
+    /// The store.
+    pub store: Store,
+    /// This process.
+    pub me: ProcessId,
+    /// A heartbeat older than this means dead.
+    pub dead_after: Duration,
+    /// What their jobs become.
+    pub jobs: DeadWorkerJobs,
+    /// A job put back more often than this (it keeps killing workers) fails.
+    pub max_recoveries: u32,
+}
+
+impl Recoverer {
+    /// Find dead processes and recover their slots. Returns how many jobs
+    /// were put back or failed. At start-up (`starting`), an entry under this
+    /// very `host:pid` is a dead earlier process (pid reused, as in
+    /// containers) and is recovered too.
+    pub async fn run_once(&self, starting: bool) -> Result<usize> {
+        let now_ms = self.store.redis_time().await?.timestamp_millis();
+        let entries = self.store.processes().await?;
+        let dead: Vec<(String, Option<payload::ProcessEntry>)> = entries
+            .into_iter()
+            .filter(|(field, entry)| {
+                if *field == self.me.field() {
+                    return starting;
+                }
+                let Some(entry) = entry else { return true };
+                let stale = now_ms - entry.beat > self.dead_after.as_millis() as i64;
+                let gone_here = ProcessId::parse(field)
+                    .is_some_and(|p| p.host == self.me.host && !pid_alive(p.pid));
+                stale || gone_here
+            })
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let owner = self.me.field();
+        if !self.store.lock_recovery(&owner, LOCK_TTL).await? {
+            return Ok(0); // another process is recovering right now
+        }
+        let result = self.recover(&dead).await;
+        self.store.unlock_recovery(&owner).await?;
+        result
+    }
+
+    async fn recover(&self, dead: &[(String, Option<payload::ProcessEntry>)]) -> Result<usize> {
+        let mut jobs = 0;
+        for (field, entry) in dead {
+            let (Some(process), Some(entry)) = (ProcessId::parse(field), entry) else {
+                warn!(field, "unreadable process entry removed");
+                self.store.remove_process(field).await?;
+                continue;
+            };
+            warn!(process = %field, slots = entry.slots, "recovering a dead ah-worker process");
+            for slot in process.slots(entry.slots, &entry.queues) {
+                // Re-read and retry if the status changes under us (a late ack).
+                loop {
+                    let status = self.store.status(&slot).await?;
+                    let (queue, raw) = match &status {
+                        Some(s) => {
+                            payload::split_status(s).unwrap_or_else(|| (String::new(), s.clone()))
+                        }
+                        None => (String::new(), Vec::new()),
+                    };
+                    let class = Job::parse(&queue, &raw)
+                        .map(|j| j.class)
+                        .unwrap_or_else(|_| "<Unknown Job>".into());
+                    let record = |exception: &str, error: String| {
+                        Failure {
+                            failed_at: payload::failed_at(Utc::now()),
+                            payload: payload::payload_for_record(&raw),
+                            exception: exception.into(),
+                            error,
+                            backtrace: Vec::new(),
+                            worker: slot.id.clone(),
+                            queue: queue.clone(),
+                        }
+                        .to_json()
+                    };
+                    let failure = record(
+                        "Resque::DirtyExit",
+                        format!("Worker {} died while processing {class}", slot.id),
+                    );
+                    let poison = record(
+                        "AhWorker::PoisonJob",
+                        format!(
+                            "job was recovered from dead workers more than {} times; not requeued again (last: {})",
+                            self.max_recoveries, slot.id
+                        ),
+                    );
+                    // A status we cannot split has no queue to go back to.
+                    let requeue = self.jobs == DeadWorkerJobs::Requeue && !queue.is_empty();
+                    let r = Recovery {
+                        expected: status.as_deref(),
+                        requeue,
+                        queue: &queue,
+                        raw: &raw,
+                        failure: &failure,
+                        max_recoveries: self.max_recoveries,
+                        poison_failure: &poison,
+                        counter_ttl: RECOVERY_WINDOW,
+                    };
+                    match self.store.recover_slot(&slot, &r).await? {
+                        Recovered::Changed => continue,
+                        Recovered::Idle => {}
+                        Recovered::Requeued => {
+                            jobs += 1;
+                            info!(worker = %slot.id, queue = %queue, class, "job of a dead worker put back at the head of its queue");
+                        }
+                        Recovered::Failed => {
+                            jobs += 1;
+                            warn!(worker = %slot.id, queue = %queue, class, "job of a dead worker recorded as failed");
+                        }
+                    }
+                    break;
+                }
+            }
+            self.store.remove_process(field).await?;
+        }
+        Ok(jobs)
+    }
+}
+
+/// Whether `pid` is a live process on this host (a zombie is dead).
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pid_liveness() {
+        assert!(super::pid_alive(std::process::id()));
+        assert!(!super::pid_alive(u32::MAX - 1));
+    }
+}
