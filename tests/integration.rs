@@ -6,6 +6,8 @@ mod util;
 mod cli;
 mod node;
 mod plugins;
+mod props;
+mod recovery;
 mod signals;
 mod wire;
 mod worker;

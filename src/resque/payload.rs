@@ -160,9 +160,11 @@ impl Job {
 /// Nothing of the original is lost in any case.
 pub fn payload_for_record(raw: &[u8]) -> Box<RawValue> {
     match std::str::from_utf8(raw) {
+        // JSON with whitespace around it would lose that whitespace when
+        // embedded, so it is kept as a string like any other text.
         Ok(text) => match serde_json::from_str::<Box<RawValue>>(text) {
-            Ok(v) => v,
-            Err(_) => RawValue::from_string(json_string(text))
+            Ok(v) if v.get().len() == text.len() => v,
+            _ => RawValue::from_string(json_string(text))
                 .expect("json_string always produces valid JSON"),
         },
         Err(_) => {
@@ -381,5 +383,44 @@ mod tests {
                 .unwrap(),
             b"\xff\x00a"
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_without_panic_and_records_keep_them(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Job::parse("q", &raw);
+            let record = payload_for_record(&raw);
+            let embedded = record.get().as_bytes();
+            let back = if embedded == raw.as_slice() {
+                raw.clone() // JSON, embedded verbatim
+            } else {
+                let text: String = serde_json::from_str(record.get()).unwrap();
+                if std::str::from_utf8(&raw).is_ok() {
+                    text.into_bytes()
+                } else {
+                    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+                }
+            };
+            prop_assert_eq!(back, raw);
+        }
+
+        #[test]
+        fn status_values_split_back_into_queue_and_payload(
+            queue in "[ -~]{1,30}",
+            class in "[A-Za-z:]{1,20}",
+            n in any::<i64>(),
+        ) {
+            let payload = format!(r#"{{"class":{},"args":[{n}]}}"#, json_string(&class));
+            let value = format!("{}{payload}{}", status_head(&json_string(&queue), "2026-11-30T03:49:20Z"), status_tail("h:1+1"));
+            let (q, bytes) = split_status(value.as_bytes()).unwrap();
+            prop_assert_eq!(q, queue);
+            prop_assert_eq!(bytes, payload.into_bytes());
+        }
     }
 }

@@ -150,6 +150,14 @@ impl Ns {
         Ns { ns, url, conn }
     }
 
+    /// Open a new connection (after the server restarted).
+    pub fn reconnect(&mut self) {
+        self.conn = redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+    }
+
     /// `<ns>:<rest>`.
     pub fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.ns)
