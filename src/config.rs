@@ -131,6 +131,8 @@ pub struct Config {
     pub max_recoveries: u32,
     /// The host part of worker ids (default: the kernel host name).
     pub host_name: Option<String>,
+    /// Runtime threads: 1 runs everything on one thread.
+    pub threads: usize,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -152,6 +154,7 @@ struct FileConfig {
     dead_worker_jobs: Option<String>,
     max_recoveries: Option<toml::Value>,
     host_name: Option<String>,
+    threads: Option<toml::Value>,
     plugins_dir: Option<PathBuf>,
     #[serde(default)]
     plugins: Vec<toml::Value>,
@@ -459,6 +462,20 @@ impl Config {
             }
         };
 
+        let threads = match pick(
+            &None,
+            "",
+            &["AH_WORKER_THREADS"],
+            file.threads.map(toml_scalar),
+            "threads",
+        ) {
+            None => 1,
+            Some(raw) => match raw.value.trim().parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => n,
+                _ => return Err(invalid("threads", &raw, "a whole number from 1 to 256")),
+            },
+        };
+
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
             let source = format!("[[plugins]] #{} in {file_name}", i + 1);
@@ -491,6 +508,7 @@ impl Config {
             dead_worker_jobs,
             max_recoveries,
             host_name,
+            threads,
         })
     }
 }

@@ -235,6 +235,7 @@ impl Ns {
             dead_worker_jobs: ah_worker::worker::DeadWorkerJobs::Requeue,
             max_recoveries: 3,
             host_name: None,
+            threads: 1,
         }
     }
 
