@@ -13,7 +13,10 @@ use super::{JobError, Registry};
 /// - `AhWorker::Count` (args `[key, field]` or `[key, field, seconds]`):
 ///   optionally sleeps, then adds 1 to `field` of the hash `<namespace>:<key>`,
 ///   retrying through a Redis outage (up to 2 minutes), so tests and the chaos
-///   run can count every execution of every job.
+///   run can count every execution of every job;
+/// - `AhWorker::Latency` (args `[enqueued_at_us, key]`): pushes how many
+///   microseconds passed between `enqueued_at_us` (Unix time) and the job's
+///   start onto the list `<namespace>:<key>`, for the benchmark.
 pub fn register_builtin(registry: &mut Registry) {
     registry.register_fn("AhWorker::Noop", |_job, _ctx| async { Ok(()) });
     registry.register_fn("AhWorker::Sleep", |job, _ctx| async move {
@@ -67,6 +70,25 @@ pub fn register_builtin(registry: &mut Registry) {
                 Err(e) => return Err(e.into()),
             }
         }
+    });
+    registry.register_fn("AhWorker::Latency", |job, ctx| async move {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let (Some(enqueued), Some(Value::String(key))) =
+            (job.args.first().and_then(Value::as_i64), job.args.get(1))
+        else {
+            return Err(JobError::new(
+                "ArgumentError",
+                "AhWorker::Latency expects args [enqueued_at_us, key]",
+            )
+            .into());
+        };
+        ctx.services
+            .push(key, &(started - enqueued).to_string())
+            .await?;
+        Ok(())
     });
     registry.register_fn("AhWorker::Fail", |job, _ctx| async move {
         let message = match job.args.first() {

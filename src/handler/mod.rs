@@ -96,6 +96,17 @@ impl Services {
     }
 }
 
+impl Services {
+    /// `RPUSH <namespace>:<key> <value>`, for the built-in
+    /// `AhWorker::Latency`.
+    pub async fn push(&self, key: &str, value: &str) -> crate::Result<()> {
+        let store = self.store.as_ref().ok_or_else(|| {
+            crate::Error::Protocol("no worker services outside a running worker".into())
+        })?;
+        store.push(key, value).await
+    }
+}
+
 /// Runs jobs of one or more classes.
 pub trait Handler: Send + Sync + 'static {
     /// Perform one job. Errors and panics become failure records.
@@ -402,6 +413,7 @@ mod tests {
             "AhWorker::Sleep",
             "AhWorker::Fail",
             "AhWorker::Count",
+            "AhWorker::Latency",
         ] {
             assert!(r.get(class).is_some(), "{class}");
         }

@@ -464,6 +464,14 @@ impl Store {
         Ok(())
     }
 
+    /// `RPUSH <namespace>:<key> <value>`.
+    pub async fn push(&self, key: &str, value: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        conn.rpush::<_, _, ()>(format!("{}{key}", self.keys.prefix()), value)
+            .await?;
+        Ok(())
+    }
+
     /// Every name in the `queues` set.
     pub async fn queue_names(&self) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
