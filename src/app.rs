@@ -32,13 +32,21 @@ pub fn main(registry: Registry) -> ExitCode {
         eprintln!("ah-worker: error: {e}");
         return ExitCode::from(2);
     }
-    if let Some(Command::Enqueue { args, .. }) = &cli.command
-        && let Err(e) = serde_json::from_str::<serde_json::Value>(args)
-    {
-        eprintln!(
-            "ah-worker: error: --args {args:?} is not JSON ({e}); expected e.g. '[1, \"x\"]'"
-        );
-        return ExitCode::from(2);
+    let mut enqueue_at = None;
+    if let Some(Command::Enqueue { args, at, r#in, .. }) = &cli.command {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(args) {
+            eprintln!(
+                "ah-worker: error: --args {args:?} is not JSON ({e}); expected e.g. '[1, \"x\"]'"
+            );
+            return ExitCode::from(2);
+        }
+        match due_time(at.as_deref(), r#in.as_deref()) {
+            Ok(ts) => enqueue_at = ts,
+            Err(e) => {
+                eprintln!("ah-worker: error: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     telemetry::init(config.log_format, config.log_level.as_deref());
     let runtime = match build_runtime(config.threads) {
@@ -59,11 +67,13 @@ pub fn main(registry: Registry) -> ExitCode {
                 class,
                 queue_name,
                 args,
+                ..
             }) => {
                 let args =
                     serde_json::from_str(&args).expect("validated before the runtime started");
-                enqueue(&config, &class, &queue_name, args).await
+                enqueue(&config, &class, &queue_name, args, enqueue_at).await
             }
+            Some(Command::Schedule { limit }) => schedule(&config, limit).await,
         }
     });
     match result {
@@ -74,7 +84,7 @@ pub fn main(registry: Registry) -> ExitCode {
         }
     }
 }
-use crate::resque::{ProcessId, Store, payload};
+use crate::resque::{ProcessId, Store};
 use crate::shutdown::{Control, StopReport};
 use crate::worker::{QueueSpec, Recoverer, Runner};
 
@@ -123,7 +133,7 @@ pub async fn run(
     };
     let runner = Runner {
         services: Services::new(store.clone()),
-        store,
+        store: store.clone(),
         registry: registry.clone(),
         slots,
         queues,
@@ -133,24 +143,95 @@ pub async fn run(
         unknown_class: config.unknown_class,
         recoverer,
     };
+    let scheduler = config.scheduler.then(|| {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = crate::scheduler::Scheduler {
+            store: store.clone(),
+            name: format!(
+                "{}:{}",
+                config.host_name.clone().unwrap_or_else(hostname),
+                std::process::id()
+            ),
+            lock_ttl: config.scheduler_lock_ttl,
+        }
+        .spawn(stop.clone());
+        (stop, task)
+    });
     let report = runner.run(control).await;
+    if let Some((stop, task)) = scheduler {
+        stop.cancel();
+        let _ = task.await;
+    }
     // No job runs any more: close plugin processes and connections.
     registry.shutdown().await;
     Ok(report?)
 }
 
-/// `ah-worker enqueue`: push one job as node-resque writes it.
+/// `ah-worker enqueue`: push one job as node-resque writes it, now or (for
+/// a future Unix second `at`) into the delayed queue.
 pub async fn enqueue(
     config: &Config,
     class: &str,
     queue: &str,
     args: serde_json::Value,
+    at: Option<i64>,
 ) -> anyhow::Result<()> {
     let store = connect(config).await?;
-    store
-        .enqueue(queue, payload::encode_job(class, queue, args).as_bytes())
+    Services::new(store)
+        .enqueue(
+            class,
+            queue,
+            args,
+            at.filter(|ts| *ts > chrono::Utc::now().timestamp()),
+        )
         .await
         .context("enqueue failed")?;
+    Ok(())
+}
+
+/// When `--at TIME` / `--in DURATION` say a job should run (Unix seconds).
+fn due_time(at: Option<&str>, delay: Option<&str>) -> Result<Option<i64>, String> {
+    if let Some(at) = at {
+        let at = at.trim();
+        if let Ok(secs) = at.parse::<i64>() {
+            return Ok(Some(secs));
+        }
+        return chrono::DateTime::parse_from_rfc3339(at)
+            .map(|t| Some(t.timestamp()))
+            .map_err(|_| {
+                format!("--at {at:?}: expected Unix seconds or a time like 2026-12-01T08:00:00Z")
+            });
+    }
+    if let Some(delay) = delay {
+        let d = crate::config::parse_duration(delay)
+            .ok_or_else(|| format!("--in {delay:?}: expected a duration like 90s or 5m"))?;
+        return Ok(Some(
+            chrono::Utc::now().timestamp() + d.as_secs_f64().round() as i64,
+        ));
+    }
+    Ok(None)
+}
+
+/// `ah-worker schedule`: the delayed jobs and the scheduler leader.
+pub async fn schedule(config: &Config, limit: usize) -> anyhow::Result<()> {
+    let store = connect(config).await?;
+    match store.leader().await? {
+        Some(name) => println!("scheduler leader: {name}"),
+        None => println!("scheduler leader: none"),
+    }
+    let delayed = store.delayed(limit).await?;
+    if delayed.is_empty() {
+        println!("no delayed jobs");
+    }
+    for (ts, jobs) in delayed {
+        let when = chrono::DateTime::from_timestamp(ts, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| ts.to_string());
+        println!("{when} ({ts}): {} job(s)", jobs.len());
+        for job in jobs {
+            println!("  {job}");
+        }
+    }
     Ok(())
 }
 

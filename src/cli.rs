@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// TOML config file (see config/ah-worker.toml).
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// Also run the scheduler: move due delayed jobs into their queues (one
+    /// leader among all schedulers, node-resque's included).
+    #[arg(long, global = true)]
+    pub scheduler: bool,
     /// Directory of plugin declarations, one `*.toml` file per plugin.
     #[arg(long, value_name = "DIR", global = true)]
     pub plugins_dir: Option<PathBuf>,
@@ -82,6 +86,18 @@ pub enum Command {
         /// The arguments as a JSON array (an object is wrapped in one).
         #[arg(long, value_name = "JSON", default_value = "[]")]
         args: String,
+        /// Run it at this time: Unix seconds or RFC 3339 (2026-12-01T08:00:00Z).
+        #[arg(long, value_name = "TIME", conflicts_with = "in")]
+        at: Option<String>,
+        /// Run it after this delay, e.g. 90s or 5m.
+        #[arg(long = "in", value_name = "DURATION")]
+        r#in: Option<String>,
+    },
+    /// Show the delayed jobs and the scheduler leader.
+    Schedule {
+        /// At most this many due times.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 

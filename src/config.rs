@@ -39,6 +39,9 @@ pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
 /// Put a job back at most this many times after its worker died: a job that
 /// keeps killing workers then goes to `failed`.
 pub const DEFAULT_MAX_RECOVERIES: u32 = 3;
+/// The scheduler leader lock's TTL: how long a dead leader blocks the
+/// others (node-resque uses 180 s; the leader renews every second).
+pub const DEFAULT_SCHEDULER_LOCK_TTL: Duration = Duration::from_secs(30);
 /// An upper bound that keeps a typo from starting 10⁶ slots.
 pub const MAX_CONCURRENCY: usize = 10_000;
 
@@ -133,6 +136,10 @@ pub struct Config {
     pub host_name: Option<String>,
     /// Runtime threads: 1 runs everything on one thread.
     pub threads: usize,
+    /// Take part in the scheduler election.
+    pub scheduler: bool,
+    /// The scheduler leader lock's TTL.
+    pub scheduler_lock_ttl: Duration,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -155,6 +162,8 @@ struct FileConfig {
     max_recoveries: Option<toml::Value>,
     host_name: Option<String>,
     threads: Option<toml::Value>,
+    scheduler: Option<bool>,
+    scheduler_lock_ttl: Option<toml::Value>,
     plugins_dir: Option<PathBuf>,
     #[serde(default)]
     plugins: Vec<toml::Value>,
@@ -476,6 +485,37 @@ impl Config {
             },
         };
 
+        let scheduler = if args.scheduler {
+            true
+        } else if let Some(v) = env("AH_WORKER_SCHEDULER") {
+            match v.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        what: "scheduler switch",
+                        value: v,
+                        source_name: "environment variable AH_WORKER_SCHEDULER".into(),
+                        expected: "true or false",
+                    });
+                }
+            }
+        } else {
+            file.scheduler.unwrap_or(false)
+        };
+        let scheduler_lock_ttl = duration(
+            pick(
+                &None,
+                "",
+                &["AH_WORKER_SCHEDULER_LOCK_TTL"],
+                file.scheduler_lock_ttl.map(toml_scalar),
+                "scheduler_lock_ttl",
+            ),
+            "scheduler_lock_ttl",
+            DEFAULT_SCHEDULER_LOCK_TTL,
+            false,
+        )?;
+
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
             let source = format!("[[plugins]] #{} in {file_name}", i + 1);
@@ -509,6 +549,8 @@ impl Config {
             max_recoveries,
             host_name,
             threads,
+            scheduler,
+            scheduler_lock_ttl,
         })
     }
 }

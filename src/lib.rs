@@ -9,6 +9,7 @@
 //! - [`handler`] — the [`handler::Handler`] trait, the class registry, built-in handlers.
 //! - [`plugin`] — handler plugins in any language: exec, coprocess, http.
 //! - [`worker`] — the [`worker::Runner`] owning the job slots, and job execution.
+//! - [`scheduler`] — moves due delayed jobs, one leader at a time.
 //! - [`shutdown`] — control commands and the stop report; [`signals`] maps OS signals to them.
 //! - [`glob`] — Ruby-style glob patterns for queue lists and plugin classes.
 //! - [`telemetry`] — logging.
@@ -32,6 +33,7 @@ pub mod glob;
 pub mod handler;
 pub mod plugin;
 pub mod resque;
+pub mod scheduler;
 pub mod shutdown;
 pub mod signals;
 pub mod telemetry;

@@ -8,6 +8,7 @@ mod node;
 mod plugins;
 mod props;
 mod recovery;
+mod scheduler;
 mod signals;
 mod wire;
 mod worker;

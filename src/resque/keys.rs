@@ -99,6 +99,18 @@ impl Keys {
         self.key(&format!("timestamps:{payload}"))
     }
 
+    /// node-resque's scheduler leader lock (value: the leader's name).
+    pub fn leader_lock(&self) -> String {
+        self.key("resque_scheduler_leader_lock")
+    }
+
+    /// Ruby resque-scheduler's master lock. It is written through a
+    /// namespaced client with the namespace already in the name, so the
+    /// namespace appears twice: `resque:resque:resque_scheduler_master_lock`.
+    pub fn ruby_master_lock(&self) -> String {
+        format!("{0}{0}resque_scheduler_master_lock", self.prefix)
+    }
+
     /// ah-worker's own HASH of live processes: field `host:pid`, value
     /// [`crate::resque::payload::ProcessEntry`] JSON. Peers ignore it.
     pub fn processes(&self) -> String {
@@ -136,6 +148,11 @@ mod tests {
         assert_eq!(k.pause_all_workers(), "resque:pause-all-workers");
         assert_eq!(k.delayed_schedule(), "resque:delayed_queue_schedule");
         assert_eq!(k.processes(), "resque:ah-worker:processes");
+        assert_eq!(k.leader_lock(), "resque:resque_scheduler_leader_lock");
+        assert_eq!(
+            k.ruby_master_lock(),
+            "resque:resque:resque_scheduler_master_lock"
+        );
         assert_eq!(k.recovery_lock(), "resque:ah-worker:recovery_lock");
         assert_eq!(k.delayed(1717433100), "resque:delayed:1717433100");
         assert_eq!(Keys::delayed_member(1717433100), "delayed:1717433100");

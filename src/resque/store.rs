@@ -93,6 +93,17 @@ pub struct Store {
     unregister: Script,
     recover: Script,
     unlock: Script,
+    leader: Script,
+    promote: Script,
+}
+
+/// What a scheduler learned from one election round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Election {
+    /// This scheduler holds the leader lock.
+    pub leader: bool,
+    /// A Ruby resque-scheduler holds its master lock.
+    pub ruby_master: bool,
 }
 
 /// What [`Store::recover_slot`] did.
@@ -157,6 +168,8 @@ impl Store {
             unlock: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             ),
+            leader: Script::new(include_str!("scripts/leader.lua")),
+            promote: Script::new(include_str!("scripts/promote.lua")),
         })
     }
 
@@ -470,6 +483,80 @@ impl Store {
         conn.rpush::<_, _, ()>(format!("{}{key}", self.keys.prefix()), value)
             .await?;
         Ok(())
+    }
+
+    /// Take or renew the scheduler leader lock as `name` for `ttl`.
+    pub async fn elect(&self, name: &str, ttl: Duration) -> Result<Election> {
+        let mut conn = self.conn.clone();
+        let (leader, ruby): (i64, i64) = self
+            .leader
+            .key(self.keys.leader_lock())
+            .key(self.keys.ruby_master_lock())
+            .arg(name)
+            .arg(ttl.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Election {
+            leader: leader == 1,
+            ruby_master: ruby == 1,
+        })
+    }
+
+    /// Give up the leader lock if `name` holds it.
+    pub async fn resign(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        self.unlock
+            .key(self.keys.leader_lock())
+            .arg(name)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Who holds the leader lock.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.keys.leader_lock()).await?)
+    }
+
+    /// Move up to `max` jobs due at `now` into their queues, as leader
+    /// `name` (see `scripts/promote.lua`). `None`: not the leader any more.
+    pub async fn promote_due(
+        &self,
+        now: DateTime<Utc>,
+        max: usize,
+        name: &str,
+    ) -> Result<Option<usize>> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .promote
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(now.timestamp())
+            .arg(max)
+            .arg(name)
+            .arg(payload::failed_at(now))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((n >= 0).then_some(n as usize))
+    }
+
+    /// Every scheduled time with its jobs, oldest first (at most `limit`
+    /// times).
+    pub async fn delayed(&self, limit: usize) -> Result<Vec<(i64, Vec<String>)>> {
+        let mut conn = self.conn.clone();
+        let times: Vec<i64> = redis::cmd("ZRANGE")
+            .arg(self.keys.delayed_schedule())
+            .arg(0)
+            .arg(limit.saturating_sub(1) as i64)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::with_capacity(times.len());
+        for ts in times {
+            let jobs: Vec<String> = conn.lrange(self.keys.delayed(ts), 0, -1).await?;
+            out.push((ts, jobs));
+        }
+        Ok(out)
     }
 
     /// Every name in the `queues` set.

@@ -21,13 +21,17 @@
 //   failed                          -> queue.failed(0, -1)
 //   failed-count                    -> {"count":N}
 //   remove-failed INDEX             -> {"removed":N}  (removeFailed of the entry at INDEX)
+//   enqueue-at TS_MS QUEUE CLASS ARGS_JSON -> {"ok":true}  (queue.enqueueAt)
+//   scheduler NAME LOCK_SECONDS     -> {"ok":true,"leader_rounds":N}
+//     Runs a node-resque Scheduler (poll 100 ms, leader lock TTL LOCK_SECONDS)
+//     until SIGTERM/SIGINT, then scheduler.end().
 //   worker QUEUES_CSV NAME          -> {"ok":true,"performed":N}
 //     Runs a node-resque Worker (poll timeout 5 ms) with the jobs CountJob and
 //     AhWorker::Noop until its queues were empty for PEER_IDLE_MS, or until
 //     SIGTERM/SIGINT; then worker.end().
 "use strict";
 
-const { Queue, Worker } = require("node-resque");
+const { Queue, Scheduler, Worker } = require("node-resque");
 
 const USAGE = `usage: peer.js <command> [args]
   enqueue QUEUE CLASS ARGS_JSON | enqueue-many QUEUE CLASS N | workers |
@@ -126,6 +130,13 @@ const queueCommands = {
     return { ok: true, count };
   },
 
+  async "enqueue-at"(queue, args) {
+    needArgs(args, 4, "TS_MS QUEUE CLASS ARGS_JSON");
+    const [ts, q, cls, argsJson] = args;
+    await queue.enqueueAt(Number(ts), q, cls, JSON.parse(argsJson));
+    return { ok: true };
+  },
+
   workers: (queue) => queue.workers(),
   "all-working-on": (queue) => queue.allWorkingOn(),
   stats: (queue) => queue.stats(),
@@ -200,12 +211,39 @@ async function runWorker(args) {
   return { ok: true, performed };
 }
 
+async function runScheduler(args) {
+  needArgs(args, 2, "NAME LOCK_SECONDS");
+  const [name, lockSeconds] = args;
+  const scheduler = new Scheduler({
+    connection: connectionOptions(),
+    name,
+    timeout: 100,
+    leaderLockTimeout: toCount(lockSeconds, "LOCK_SECONDS"),
+    stuckWorkerTimeout: 3600000,
+  });
+  scheduler.on("error", (error) => process.stderr.write(`peer.js scheduler error: ${error && error.stack ? error.stack : error}\n`));
+  let leaderRounds = 0;
+  scheduler.on("poll", () => {
+    if (scheduler.leader) leaderRounds++;
+  });
+  let stopping = false;
+  process.on("SIGTERM", () => (stopping = true));
+  process.on("SIGINT", () => (stopping = true));
+  await scheduler.connect();
+  await scheduler.start();
+  while (!stopping) await sleep(50);
+  await scheduler.end();
+  return { ok: true, leader_rounds: leaderRounds };
+}
+
 // ---------------------------------------------------------------- main
 
 async function main() {
   const [command, ...args] = process.argv.slice(2);
   if (command === "worker") {
     await emit(await runWorker(args));
+  } else if (command === "scheduler") {
+    await emit(await runScheduler(args));
   } else if (Object.prototype.hasOwnProperty.call(queueCommands, command)) {
     const queue = await openQueue();
     const result = await queueCommands[command](queue, args);

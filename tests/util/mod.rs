@@ -236,6 +236,8 @@ impl Ns {
             max_recoveries: 3,
             host_name: None,
             threads: 1,
+            scheduler: false,
+            scheduler_lock_ttl: Duration::from_secs(30),
         }
     }
 
