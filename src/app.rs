@@ -153,6 +153,7 @@ pub async fn run(
                 std::process::id()
             ),
             lock_ttl: config.scheduler_lock_ttl,
+            schedules: config.schedules.clone(),
         }
         .spawn(stop.clone());
         (stop, task)

@@ -72,6 +72,9 @@ pub enum ConfigError {
     /// A plugin declaration is broken.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// A recurring schedule is invalid.
+    #[error("{0}")]
+    Schedule(String),
     /// The plugin directory cannot be read.
     #[error("cannot read plugin directory {path}: {source}")]
     PluginDir {
@@ -140,6 +143,8 @@ pub struct Config {
     pub scheduler: bool,
     /// The scheduler leader lock's TTL.
     pub scheduler_lock_ttl: Duration,
+    /// Recurring schedules (fired by the scheduler leader).
+    pub schedules: Vec<crate::scheduler::Schedule>,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -167,6 +172,8 @@ struct FileConfig {
     plugins_dir: Option<PathBuf>,
     #[serde(default)]
     plugins: Vec<toml::Value>,
+    #[serde(default)]
+    schedules: Vec<toml::Value>,
 }
 
 /// `queues = "a,b"` or `queues = ["a", "b"]`.
@@ -516,6 +523,19 @@ impl Config {
             false,
         )?;
 
+        let mut schedules: Vec<crate::scheduler::Schedule> = Vec::new();
+        for table in file.schedules {
+            let s = crate::scheduler::Schedule::from_toml(table, &file_name)
+                .map_err(ConfigError::Schedule)?;
+            if schedules.iter().any(|o| o.name == s.name) {
+                return Err(ConfigError::Schedule(format!(
+                    "schedule {:?} is declared twice in {file_name}",
+                    s.name
+                )));
+            }
+            schedules.push(s);
+        }
+
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
             let source = format!("[[plugins]] #{} in {file_name}", i + 1);
@@ -551,6 +571,7 @@ impl Config {
             threads,
             scheduler,
             scheduler_lock_ttl,
+            schedules,
         })
     }
 }

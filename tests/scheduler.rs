@@ -320,3 +320,90 @@ fn the_schedule_command_lists_delayed_jobs_and_the_leader() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--in \"soon\""));
 }
+
+#[test]
+fn a_recurring_schedule_on_three_nodes_enqueues_one_job_per_tick_across_a_leader_kill() {
+    let mut t = Ns::new("recurring");
+    let config = std::env::temp_dir().join(format!("ah-worker-{}-recurring.toml", t.ns));
+    std::fs::write(
+        &config,
+        "[[schedules]]\nname = \"heartbeat\"\nevery = \"1s\"\nclass = \"AhWorker::Noop\"\nqueue = \"ticks\"\nargs = [\"tick\"]\n",
+    )
+    .unwrap();
+    let start = |t: &Ns| {
+        t.bin()
+            .args([
+                "--scheduler",
+                "--queues",
+                "nothing-here",
+                "-c",
+                "1",
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .env("AH_WORKER_SCHEDULER_LOCK_TTL", "2s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut nodes: Vec<Child> = (0..3).map(|_| start(&t)).collect();
+    let last =
+        |t: &mut Ns| t.cmd::<Option<i64>>(&["HGET", &t.key("ah-worker:schedules"), "heartbeat"]);
+    wait_for(20, "the schedule to start", || last(&mut t).is_some());
+    let first = last(&mut t).unwrap();
+    assert!(
+        t.list("queue:ticks").is_empty(),
+        "the first sight of a schedule runs nothing"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let leader: String = t.cmd(&["GET", &t.key("resque_scheduler_leader_lock")]);
+    let pid: u32 = leader.rsplit(':').next().unwrap().parse().unwrap();
+    let i = nodes.iter().position(|c| c.id() == pid).unwrap();
+    let mut dead = nodes.remove(i);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    wait_for(20, "a new leader", || {
+        t.cmd::<Option<String>>(&["GET", &t.key("resque_scheduler_leader_lock")])
+            .is_some_and(|l| l != leader)
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    for c in nodes {
+        signal(&c, "TERM");
+        assert!(wait_output(c, 20).status.success());
+    }
+    let final_last = last(&mut t).unwrap();
+    let jobs = t.list("queue:ticks");
+    assert!(
+        final_last - first >= 7,
+        "ticks handled: {first}..{final_last}"
+    );
+    assert_eq!(
+        jobs.len() as i64,
+        final_last - first,
+        "exactly one job per tick from {first} to {final_last}"
+    );
+    assert!(
+        jobs.iter()
+            .all(|j| j == r#"{"class":"AhWorker::Noop","queue":"ticks","args":["tick"]}"#)
+    );
+}
+
+#[test]
+fn a_bad_schedule_stops_start_up_with_status_2() {
+    let t = Ns::new("badschedule");
+    let config = std::env::temp_dir().join(format!("ah-worker-{}-bad.toml", t.ns));
+    std::fs::write(
+        &config,
+        "[[schedules]]\nname = \"nightly\"\ncron = \"0 99 * * *\"\nclass = \"Report\"\n",
+    )
+    .unwrap();
+    let out = t
+        .bin()
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("\"nightly\"") && e.contains("cron"), "{e}");
+}

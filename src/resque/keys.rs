@@ -117,6 +117,12 @@ impl Keys {
         self.key("ah-worker:processes")
     }
 
+    /// ah-worker's HASH of recurring schedules: name → last tick handled
+    /// (Unix seconds).
+    pub fn schedules(&self) -> String {
+        self.key("ah-worker:schedules")
+    }
+
     /// ah-worker's lock serialising the recovery of dead processes.
     pub fn recovery_lock(&self) -> String {
         self.key("ah-worker:recovery_lock")

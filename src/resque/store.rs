@@ -95,6 +95,7 @@ pub struct Store {
     unlock: Script,
     leader: Script,
     promote: Script,
+    tick: Script,
 }
 
 /// What a scheduler learned from one election round.
@@ -170,6 +171,7 @@ impl Store {
             ),
             leader: Script::new(include_str!("scripts/leader.lua")),
             promote: Script::new(include_str!("scripts/promote.lua")),
+            tick: Script::new(include_str!("scripts/tick.lua")),
         })
     }
 
@@ -539,6 +541,40 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         Ok((n >= 0).then_some(n as usize))
+    }
+
+    /// The last tick recurring schedule `name` handled (Unix seconds).
+    pub async fn schedule_last(&self, name: &str) -> Result<Option<i64>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hget(self.keys.schedules(), name).await?)
+    }
+
+    /// Record tick `new_last` of schedule `name` if its last tick is still
+    /// `expected`, enqueueing `jobs` copies of `payload` on `queue` with it.
+    /// Returns whether it was recorded (see `scripts/tick.lua`).
+    pub async fn schedule_tick(
+        &self,
+        name: &str,
+        expected: Option<i64>,
+        new_last: i64,
+        queue: &str,
+        payload: &str,
+        jobs: usize,
+    ) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .tick
+            .key(self.keys.schedules())
+            .arg(self.keys.prefix())
+            .arg(name)
+            .arg(expected.map(|e| e.to_string()).unwrap_or_default())
+            .arg(new_last)
+            .arg(queue)
+            .arg(payload)
+            .arg(jobs)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
     }
 
     /// Every scheduled time with its jobs, oldest first (at most `limit`

@@ -238,6 +238,7 @@ impl Ns {
             threads: 1,
             scheduler: false,
             scheduler_lock_ttl: Duration::from_secs(30),
+            schedules: Vec::new(),
         }
     }
 
