@@ -132,7 +132,7 @@ pub async fn run(
         max_recoveries: config.max_recoveries,
     };
     let runner = Runner {
-        services: Services::new(store.clone()),
+        services: Services::new(store.clone(), Arc::new(config.policies.clone())),
         store: store.clone(),
         registry: registry.clone(),
         slots,
@@ -142,6 +142,7 @@ pub async fn run(
         heartbeat_interval: config.heartbeat_interval,
         unknown_class: config.unknown_class,
         recoverer,
+        policies: Arc::new(config.policies.clone()),
     };
     let scheduler = config.scheduler.then(|| {
         let stop = tokio_util::sync::CancellationToken::new();
@@ -178,15 +179,16 @@ pub async fn enqueue(
     at: Option<i64>,
 ) -> anyhow::Result<()> {
     let store = connect(config).await?;
-    Services::new(store)
-        .enqueue(
-            class,
-            queue,
-            args,
-            at.filter(|ts| *ts > chrono::Utc::now().timestamp()),
-        )
+    let now = chrono::Utc::now().timestamp();
+    let enqueued = Services::new(store, Arc::new(config.policies.clone()))
+        .enqueue(class, queue, args, at.filter(|ts| *ts > now))
         .await
         .context("enqueue failed")?;
+    if !enqueued {
+        println!(
+            "not enqueued: an identical {class} job is already queued or scheduled (queue_lock / delay_queue_lock)"
+        );
+    }
     Ok(())
 }
 

@@ -72,7 +72,7 @@ pub enum ConfigError {
     /// A plugin declaration is broken.
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    /// A recurring schedule is invalid.
+    /// A recurring schedule or class policy is invalid.
     #[error("{0}")]
     Schedule(String),
     /// The plugin directory cannot be read.
@@ -145,6 +145,8 @@ pub struct Config {
     pub scheduler_lock_ttl: Duration,
     /// Recurring schedules (fired by the scheduler leader).
     pub schedules: Vec<crate::scheduler::Schedule>,
+    /// Per-class retries, locks and actionHero recurrence.
+    pub policies: crate::worker::policy::Policies,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -174,6 +176,8 @@ struct FileConfig {
     plugins: Vec<toml::Value>,
     #[serde(default)]
     schedules: Vec<toml::Value>,
+    #[serde(default)]
+    classes: Vec<toml::Value>,
 }
 
 /// `queues = "a,b"` or `queues = ["a", "b"]`.
@@ -536,6 +540,15 @@ impl Config {
             schedules.push(s);
         }
 
+        let mut policies = Vec::new();
+        for table in file.classes {
+            policies.push(
+                crate::worker::policy::ClassPolicy::from_toml(table, &file_name)
+                    .map_err(ConfigError::Schedule)?,
+            );
+        }
+        let policies = crate::worker::policy::Policies(policies);
+
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
             let source = format!("[[plugins]] #{} in {file_name}", i + 1);
@@ -572,6 +585,7 @@ impl Config {
             scheduler,
             scheduler_lock_ttl,
             schedules,
+            policies,
         })
     }
 }

@@ -50,37 +50,69 @@ pub struct JobContext {
 #[derive(Debug, Clone)]
 pub struct Services {
     store: Option<crate::resque::Store>,
+    policies: Arc<crate::worker::policy::Policies>,
 }
 
 impl Services {
-    /// Services backed by `store`.
-    pub fn new(store: crate::resque::Store) -> Services {
-        Services { store: Some(store) }
+    /// Services backed by `store`; enqueues honour the enqueue-side locks of
+    /// `policies` (QueueLock, DelayQueueLock).
+    pub fn new(
+        store: crate::resque::Store,
+        policies: Arc<crate::worker::policy::Policies>,
+    ) -> Services {
+        Services {
+            store: Some(store),
+            policies,
+        }
     }
 
     /// Services of nothing, for running a handler outside a worker (tests);
     /// every call fails.
     pub fn detached() -> Services {
-        Services { store: None }
+        Services {
+            store: None,
+            policies: Arc::default(),
+        }
     }
 
     /// Enqueue a job now (`at: None`) or at a Unix time, in node-resque's
-    /// layout (`args` not an array is wrapped in one).
+    /// layout (`args` not an array is wrapped in one). Returns `false` when
+    /// an enqueue-side lock of the class vetoed it, as node-resque's
+    /// QueueLock (an identical job is queued) and DelayQueueLock (an
+    /// identical job is scheduled) do; like node-resque, delayed enqueues
+    /// run no such check.
     pub async fn enqueue(
         &self,
         class: &str,
         queue: &str,
         args: serde_json::Value,
         at: Option<i64>,
-    ) -> crate::Result<()> {
-        let store = self.store.as_ref().ok_or_else(|| {
-            crate::Error::Protocol("no worker services outside a running worker".into())
-        })?;
-        let payload = crate::resque::payload::encode_job(class, queue, args);
-        match at {
-            None => store.enqueue(queue, payload.as_bytes()).await,
-            Some(ts) => store.enqueue_at(ts, &payload).await,
+    ) -> crate::Result<bool> {
+        let store = self.store()?;
+        let args = match args {
+            serde_json::Value::Array(a) => a,
+            other => vec![other],
+        };
+        let lock_args = crate::resque::payload::args_json(&args);
+        let payload =
+            crate::resque::payload::encode_job(class, queue, serde_json::Value::Array(args));
+        if let Some(ts) = at {
+            store.enqueue_at(ts, &payload).await?;
+            return Ok(true);
         }
+        if let Some(policy) = self.policies.of(class) {
+            if policy.delay_queue_lock && store.is_scheduled(&payload).await? {
+                return Ok(false);
+            }
+            if let Some(timeout) = policy.queue_lock {
+                let key = store.keys().queue_lock(class, queue, &lock_args);
+                if !store.take_queue_lock(&key, timeout).await? {
+                    return Ok(false);
+                }
+            }
+        }
+        store.enqueue(queue, payload.as_bytes()).await?;
+        Ok(true)
     }
 }
 
@@ -104,6 +136,34 @@ impl Services {
             crate::Error::Protocol("no worker services outside a running worker".into())
         })?;
         store.push(key, value).await
+    }
+}
+
+impl Services {
+    fn store(&self) -> crate::Result<&crate::resque::Store> {
+        self.store.as_ref().ok_or_else(|| {
+            crate::Error::Protocol("no worker services outside a running worker".into())
+        })
+    }
+
+    /// The store's key names.
+    pub fn keys(&self) -> Option<&crate::resque::Keys> {
+        self.store.as_ref().map(|s| s.keys())
+    }
+
+    /// Take a lock key atomically with a TTL (`SET NX EX`).
+    pub async fn try_lock(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> crate::Result<bool> {
+        self.store()?.try_lock(key, value, ttl).await
+    }
+
+    /// Delete a key.
+    pub async fn delete(&self, key: &str) -> crate::Result<()> {
+        self.store()?.delete(key).await
     }
 }
 

@@ -536,7 +536,7 @@ async fn call(services: &Services, method: &str, params: Value) -> Result<Value,
             services
                 .enqueue(class, queue, args, at)
                 .await
-                .map(|()| Value::Null)
+                .map(Value::Bool)
                 .map_err(|e| format!("enqueue failed: {e}"))
         }
         other => Err(format!("unknown method {other:?}")),

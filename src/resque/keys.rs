@@ -111,6 +111,33 @@ impl Keys {
         format!("{0}{0}resque_scheduler_master_lock", self.prefix)
     }
 
+    /// node-resque Retry plugin's attempt counter for a class and args key
+    /// (see [`crate::resque::payload::retry_args_key`]).
+    pub fn retry(&self, class: &str, args_key: &str) -> String {
+        self.key(&format!("resque-retry:{class}:{args_key}"))
+    }
+
+    /// node-resque Retry plugin's last-failure record.
+    pub fn retry_failure(&self, class: &str, args_key: &str) -> String {
+        self.key(&format!("failure-resque-retry:{class}:{args_key}"))
+    }
+
+    /// node-resque JobLock: "this job is running" (`args_json` is
+    /// `JSON.stringify(args)`).
+    pub fn job_lock(&self, class: &str, queue: &str, args_json: &str) -> String {
+        self.key(&format!("workerslock:{class}:{queue}:{args_json}"))
+    }
+
+    /// node-resque QueueLock: "this job is queued".
+    pub fn queue_lock(&self, class: &str, queue: &str, args_json: &str) -> String {
+        self.key(&format!("lock:{class}:{queue}:{args_json}"))
+    }
+
+    /// ah-worker's HASH of recurring-task chains found missing (name → when).
+    pub fn chains(&self) -> String {
+        self.key("ah-worker:chains")
+    }
+
     /// ah-worker's own HASH of live processes: field `host:pid`, value
     /// [`crate::resque::payload::ProcessEntry`] JSON. Peers ignore it.
     pub fn processes(&self) -> String {
@@ -155,6 +182,22 @@ mod tests {
         assert_eq!(k.delayed_schedule(), "resque:delayed_queue_schedule");
         assert_eq!(k.processes(), "resque:ah-worker:processes");
         assert_eq!(k.leader_lock(), "resque:resque_scheduler_leader_lock");
+        assert_eq!(
+            k.retry("job", r#"{"a":1}"#),
+            r#"resque:resque-retry:job:{"a":1}"#
+        );
+        assert_eq!(
+            k.retry_failure("job", "1-2"),
+            "resque:failure-resque-retry:job:1-2"
+        );
+        assert_eq!(
+            k.job_lock("tick", "default", "[{}]"),
+            "resque:workerslock:tick:default:[{}]"
+        );
+        assert_eq!(
+            k.queue_lock("tick", "default", "[{}]"),
+            "resque:lock:tick:default:[{}]"
+        );
         assert_eq!(
             k.ruby_master_lock(),
             "resque:resque:resque_scheduler_master_lock"

@@ -90,6 +90,8 @@ pub struct Job {
     /// The arguments: `args` as given, an object wrapped as `[object]`
     /// (actionHero 7), a missing or `null` `args` as `[]`.
     pub args: Vec<Value>,
+    /// `args` was written as an object (actionHero 7), not an array.
+    pub args_object: bool,
 }
 
 /// Why a payload cannot be run. Its text is the failure record's `error`.
@@ -140,16 +142,17 @@ impl Job {
             Some(Value::String(s)) if !s.is_empty() => s,
             Some(other) => return Err(Malformed::BadClass(kind(&other))),
         };
-        let args = match map.remove("args") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a,
-            Some(obj @ Value::Object(_)) => vec![obj],
+        let (args, args_object) = match map.remove("args") {
+            None | Some(Value::Null) => (Vec::new(), false),
+            Some(Value::Array(a)) => (a, false),
+            Some(obj @ Value::Object(_)) => (vec![obj], true),
             Some(other) => return Err(Malformed::BadArgs(kind(&other))),
         };
         Ok(Job {
             class,
             queue: queue.to_owned(),
             args,
+            args_object,
         })
     }
 }
@@ -208,6 +211,44 @@ impl Failure {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("strings and valid raw JSON always serialise")
     }
+}
+
+/// node-resque's Retry plugin key for `args`: each argument as
+/// `JSON.stringify` writes an object (arrays and null included) or as
+/// `String()` writes a primitive, joined with `-`, then the first whitespace
+/// character removed (node-resque removes only the first).
+pub fn retry_args_key(args: &[Value]) -> String {
+    let parts: Vec<String> = args
+        .iter()
+        .map(|a| match a {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    let mut key = parts.join("-");
+    if let Some(i) = key.find(char::is_whitespace) {
+        key.remove(i);
+    }
+    key
+}
+
+/// `JSON.stringify(args)` of an args array, as node-resque's lock keys use.
+pub fn args_json(args: &[Value]) -> String {
+    serde_json::to_string(args).expect("JSON values always serialise")
+}
+
+/// A job payload as actionHero 7 (node-resque 0.2) wrote it: `args` kept as
+/// given, an object included: `{"class":"tick","queue":"default","args":{}}`.
+pub fn encode_job_verbatim_args(class: &str, queue: &str, args: &Value) -> String {
+    #[derive(Serialize)]
+    struct Payload<'a> {
+        class: &'a str,
+        queue: &'a str,
+        args: &'a Value,
+    }
+    serde_json::to_string(&Payload { class, queue, args }).expect("JSON values always serialise")
 }
 
 /// A job payload as node-resque's `Queue.encode` writes it:
@@ -368,6 +409,22 @@ mod tests {
         assert_eq!(
             encode_job("X", "q", serde_json::json!({"b": 1, "a": 2})),
             r#"{"class":"X","queue":"q","args":[{"b":1,"a":2}]}"#
+        );
+    }
+
+    #[test]
+    fn node_resque_plugin_keys() {
+        let args = vec![
+            serde_json::json!(1),
+            serde_json::json!("a b c"),
+            serde_json::json!({"x": [1]}),
+            Value::Null,
+        ];
+        assert_eq!(retry_args_key(&args), r#"1-ab c-{"x":[1]}-null"#);
+        assert_eq!(args_json(&[serde_json::json!({})]), "[{}]");
+        assert_eq!(
+            encode_job_verbatim_args("tick", "default", &serde_json::json!({})),
+            r#"{"class":"tick","queue":"default","args":{}}"#
         );
     }
 

@@ -28,6 +28,9 @@ pub struct Ack {
     pub expected: Vec<u8>,
     /// What to record.
     pub kind: AckKind,
+    /// Extra steps in the same atomic step, as the JSON `scripts/step.lua`
+    /// reads: keys to delete, retry settings, a recurring re-enqueue.
+    pub extra: Option<String>,
 }
 
 /// How a job ended.
@@ -43,6 +46,25 @@ pub enum AckKind {
         queue: String,
         /// Its bytes.
         raw: std::sync::Arc<[u8]>,
+    },
+    /// Drop the job: delete the status, count nothing (a job whose JobLock
+    /// is held, when it is not to be re-enqueued — node-resque's behaviour).
+    Drop,
+    /// Schedule `payload` `secs` from now; count nothing (a job whose
+    /// JobLock is held).
+    Later {
+        /// The payload to run later.
+        payload: String,
+        /// Delay in seconds.
+        secs: u64,
+    },
+    /// Count a failed attempt in the Retry plugin keys (settings in
+    /// `extra`): retry `payload` later, or record `record` after the last.
+    Retry {
+        /// The failure record if no attempt is left.
+        record: String,
+        /// The payload to retry.
+        payload: String,
     },
 }
 
@@ -218,7 +240,11 @@ impl Store {
                 AckKind::Done => inv.arg("ok").arg("").arg(""),
                 AckKind::Failed(record) => inv.arg("fail").arg(record).arg(""),
                 AckKind::PutBack { queue, raw } => inv.arg("back").arg(queue).arg(&raw[..]),
+                AckKind::Later { payload, secs } => inv.arg("later").arg(*secs).arg(payload),
+                AckKind::Retry { record, payload } => inv.arg("retry").arg(record).arg(payload),
+                AckKind::Drop => inv.arg("drop").arg("").arg(""),
             };
+            inv.arg(ack.extra.as_deref().unwrap_or(""));
         }
         let run_at = payload::run_at(now);
         inv.arg(&run_at).arg(free.len());
@@ -593,6 +619,59 @@ impl Store {
             out.push((ts, jobs));
         }
         Ok(out)
+    }
+
+    /// `SET key value EX ttl NX`: take a lock atomically, always with a TTL.
+    pub async fn try_lock(&self, key: &str, value: &str, ttl: Duration) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Whether `payload` is in the delayed queue (its `timestamps:` set has a
+    /// member), as node-resque's DelayQueueLock checks.
+    pub async fn is_scheduled(&self, payload: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = conn.scard(self.keys.timestamps(payload)).await?;
+        Ok(n > 0)
+    }
+
+    /// node-resque's QueueLock at enqueue: take `key` (value: its expiry in
+    /// Unix seconds, with a TTL) unless it is held and not yet expired.
+    pub async fn take_queue_lock(&self, key: &str, timeout: Duration) -> Result<bool> {
+        let now = chrono::Utc::now().timestamp();
+        let value = (now + timeout.as_secs() as i64 + 1).to_string();
+        if self.try_lock(key, &value, timeout).await? {
+            return Ok(true);
+        }
+        let mut conn = self.conn.clone();
+        let held: Option<i64> = conn.get(key).await?;
+        if held.is_some_and(|until| now <= until) {
+            return Ok(false);
+        }
+        // Stale (written without a TTL by an old peer): take it over.
+        redis::cmd("SET")
+            .arg(key)
+            .arg(&value)
+            .arg("EX")
+            .arg(timeout.as_secs().max(1))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(true)
+    }
+
+    /// `DEL key`.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        conn.del::<_, ()>(key).await?;
+        Ok(())
     }
 
     /// Every name in the `queues` set.

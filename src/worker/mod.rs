@@ -7,6 +7,7 @@
 //! status key holds the job for as long as the outcome is not recorded.
 
 mod heartbeat;
+pub mod policy;
 mod pool;
 pub mod queues;
 pub mod recovery;
@@ -24,6 +25,7 @@ pub use recovery::{DeadWorkerJobs, Recoverer};
 
 use crate::handler::{JobContext, JobError, PutBack, Registry};
 use crate::resque::{Job, payload};
+use policy::{ClassPolicy, Policies};
 
 /// The outcome of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,13 @@ pub enum Outcome {
     PutBack(String),
     /// No handler for this class; the runner's policy decides.
     Unknown(String),
+    /// Not run: its JobLock is held by an identical running job. `again`:
+    /// try in a second (else drop it, as node-resque does without
+    /// `reEnqueue`).
+    Deferred {
+        /// Re-enqueue it.
+        again: bool,
+    },
 }
 
 /// What to do with a job whose class no handler claims.
@@ -58,22 +67,45 @@ impl UnknownClass {
     }
 }
 
-/// Parse `raw`, find its handler and run it; every way it can go wrong is a
-/// [`Outcome::Failed`] with a clear exception name. Never panics.
-pub async fn execute(registry: &Registry, queue: &str, raw: &[u8], ctx: JobContext) -> Outcome {
+/// Parse `raw`, apply the class's locks, find its handler and run it; every
+/// way it can go wrong is a [`Outcome::Failed`] with a clear exception name.
+/// Returns the parsed job too (`None` for a malformed payload). Never panics.
+pub async fn execute(
+    registry: &Registry,
+    policies: &Policies,
+    queue: &str,
+    raw: &[u8],
+    ctx: JobContext,
+) -> (Outcome, Option<Job>) {
     let started = Instant::now();
     let job = match Job::parse(queue, raw) {
         Ok(job) => job,
         Err(e) => {
             warn!(queue, worker = %ctx.worker, error = %e, "malformed payload");
-            return Outcome::Failed(JobError::new(payload::MALFORMED_EXCEPTION, e.to_string()));
+            return (
+                Outcome::Failed(JobError::new(payload::MALFORMED_EXCEPTION, e.to_string())),
+                None,
+            );
         }
     };
     let class = job.class.clone();
     let Some(handler) = registry.get(&class) else {
         warn!(class, queue, worker = %ctx.worker, "no handler for class");
-        return Outcome::Unknown(class);
+        return (Outcome::Unknown(class), Some(job));
     };
+    if let Some(policy) = policies.of(&class) {
+        match before_perform(policy, &job, &ctx).await {
+            Ok(None) => {}
+            Ok(Some(deferred)) => return (deferred, Some(job)),
+            Err(e) => {
+                return (
+                    Outcome::Failed(JobError::new("AhWorker::LockError", format!("{e}"))),
+                    Some(job),
+                );
+            }
+        }
+    }
+    let job_copy = job.clone();
     let worker = ctx.worker.clone();
     // The handler future is polled inside catch_unwind, so a panic in a
     // handler fails its job and leaves the slot alive.
@@ -101,7 +133,7 @@ pub async fn execute(registry: &Registry, queue: &str, raw: &[u8], ctx: JobConte
         Outcome::PutBack(reason) => {
             info!(class, queue, worker, reason, "job goes back to its queue")
         }
-        Outcome::Unknown(_) => {}
+        Outcome::Unknown(_) | Outcome::Deferred { .. } => {}
         Outcome::Failed(e) => warn!(
             class,
             queue,
@@ -112,5 +144,39 @@ pub async fn execute(registry: &Registry, queue: &str, raw: &[u8], ctx: JobConte
             "job failed"
         ),
     }
-    outcome
+    (outcome, Some(job_copy))
+}
+
+/// node-resque's beforePerform plugins: QueueLock is released, JobLock
+/// taken (`SET NX EX`, so a holder that dies frees it after its TTL).
+/// Returns the outcome when the job must not run now.
+async fn before_perform(
+    policy: &ClassPolicy,
+    job: &Job,
+    ctx: &JobContext,
+) -> crate::Result<Option<Outcome>> {
+    let Some(keys) = ctx.services.keys() else {
+        return Ok(None);
+    };
+    let args = policy::lock_args(job);
+    if policy.queue_lock.is_some() {
+        ctx.services
+            .delete(&keys.queue_lock(&job.class, &job.queue, &args))
+            .await?;
+    }
+    if let Some(lock) = &policy.job_lock {
+        let key = keys.job_lock(&job.class, &job.queue, &args);
+        let expires = chrono::Utc::now().timestamp() + lock.timeout.as_secs() as i64 + 1;
+        if !ctx
+            .services
+            .try_lock(&key, &expires.to_string(), lock.timeout)
+            .await?
+        {
+            info!(class = %job.class, queue = %job.queue, again = lock.re_enqueue, "job lock held by an identical job; not run now");
+            return Ok(Some(Outcome::Deferred {
+                again: lock.re_enqueue,
+            }));
+        }
+    }
+    Ok(None)
 }

@@ -18,13 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, error, info, warn};
 
 use super::heartbeat::Heartbeat;
+use super::policy::{self, ClassPolicy, Policies, RecurringStyle};
 use super::queues::QueueSpec;
 use super::recovery::Recoverer;
 use super::wake::Waiters;
 use super::{Outcome, UnknownClass, execute};
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
-use crate::resque::{Ack, AckKind, Failure, Store, TakeLimit, WorkerId, payload};
+use crate::resque::{Ack, AckKind, Failure, Job, Store, TakeLimit, WorkerId, payload};
 use crate::shutdown::{Control, StopReason, StopReport};
 
 /// How often a dynamic queue list (`*`, `!skip`) is re-read while idle.
@@ -60,6 +61,8 @@ pub struct Runner {
     pub services: Services,
     /// Finds and recovers dead processes (this one's identity included).
     pub recoverer: Recoverer,
+    /// Per-class retries, locks and recurrence.
+    pub policies: Arc<Policies>,
 }
 
 /// A job a slot is running.
@@ -79,8 +82,8 @@ enum Slot {
     Acking(Ack),
 }
 
-/// Results of job tasks: slot, sequence number, outcome.
-type Finished = (usize, u64, Outcome);
+/// Results of job tasks: slot, sequence number, outcome, the parsed job.
+type Finished = (usize, u64, Outcome, Option<Job>);
 
 impl Runner {
     /// Register the slots, take and run jobs until stopped by `control` (or,
@@ -441,12 +444,13 @@ impl Runner {
             services: self.services.clone(),
         };
         let registry = self.registry.clone();
+        let policies = self.policies.clone();
         let job_queue = queue.clone();
         let job_raw = raw.clone();
         let abort = tasks.spawn(
             async move {
-                let outcome = execute(&registry, &job_queue, &job_raw, ctx).await;
-                (slot, seq, outcome)
+                let (outcome, job) = execute(&registry, &policies, &job_queue, &job_raw, ctx).await;
+                (slot, seq, outcome, job)
             }
             .instrument(debug_span!("job", worker = %self.slots[slot].id)),
         );
@@ -527,7 +531,7 @@ impl Runner {
         in_flight: &mut [usize],
         skipped: &mut Vec<(String, Instant)>,
     ) {
-        let Ok((i, seq, outcome)) = done else {
+        let Ok((i, seq, outcome, job)) = done else {
             // Aborted tasks: their slot was already handled by whoever aborted.
             return;
         };
@@ -550,7 +554,7 @@ impl Runner {
             },
             other => other,
         };
-        let ack = ack_for(&self.slots[i], r, outcome);
+        let ack = self.ack_for(&self.slots[i], r, outcome, job);
         slots[i] = Slot::Acking(ack);
     }
 
@@ -565,27 +569,118 @@ impl Runner {
             }
             warn!(worker = %self.slots[i].id, queue = %r.queue, "job {why}");
             let e = JobError::new("Resque::DirtyExit", format!("Job {why}"));
-            *slot = Slot::Acking(ack_for(&self.slots[i], r, Outcome::Failed(e)));
+            *slot = Slot::Acking(self.ack_for(&self.slots[i], r, Outcome::Failed(e), None));
         }
     }
 }
 
-fn ack_for(worker: &WorkerId, r: &Running, outcome: Outcome) -> Ack {
-    let kind = match outcome {
-        Outcome::Succeeded => AckKind::Done,
-        Outcome::PutBack(_) => AckKind::PutBack {
-            queue: r.queue.clone(),
-            raw: r.raw.clone(),
-        },
-        Outcome::Unknown(class) => {
-            AckKind::Failed(failure_record(worker, r, UnknownClass::failure(&class)))
+impl Runner {
+    /// The ack of a finished job, with what its class's policy adds: the
+    /// JobLock released, retries counted, a recurring task re-enqueued.
+    fn ack_for(&self, worker: &WorkerId, r: &Running, outcome: Outcome, job: Option<Job>) -> Ack {
+        let job = job.or_else(|| {
+            // Cancelled jobs come without a parsed job; policies need it.
+            (!self.policies.is_empty())
+                .then(|| Job::parse(&r.queue, &r.raw).ok())
+                .flatten()
+        });
+        let policy = job
+            .as_ref()
+            .and_then(|j| self.policies.of(&j.class).map(|p| (j, p)));
+        let mut extra = serde_json::Map::new();
+        let mut del: Vec<String> = Vec::new();
+        let keys = self.store.keys();
+        if let Some((job, p)) = policy {
+            let args = policy::lock_args(job);
+            if p.job_lock.is_some() && !matches!(outcome, Outcome::Deferred { .. }) {
+                del.push(keys.job_lock(&job.class, &job.queue, &args));
+            }
+            if let Some(rec) = &p.recurring
+                && matches!(outcome, Outcome::Succeeded | Outcome::Failed(_))
+            {
+                // actionHero's QueueLock of the chain has no TTL: clear it,
+                // in the form of either style.
+                del.push(keys.queue_lock(&job.class, &rec.queue, "{}"));
+                del.push(keys.queue_lock(&job.class, &rec.queue, "[{}]"));
+                extra.insert(
+                    "recur".into(),
+                    serde_json::json!({
+                        "queue": rec.queue,
+                        "payload": ClassPolicy::recurring_payload(&job.class, rec),
+                        "secs": rec.frequency.as_secs().max(1),
+                        "ns": rec.style == RecurringStyle::ActionHero7,
+                    }),
+                );
+            }
         }
-        Outcome::Failed(e) => AckKind::Failed(failure_record(worker, r, e)),
-    };
-    Ack {
-        worker: worker.clone(),
-        expected: r.status.clone(),
-        kind,
+        let kind = match (outcome, policy) {
+            (Outcome::Succeeded, p) => {
+                if let Some((job, p)) = p
+                    && p.retry.is_some()
+                {
+                    let k = payload::retry_args_key(&job.args);
+                    del.push(keys.retry(&job.class, &k));
+                    del.push(keys.retry_failure(&job.class, &k));
+                }
+                AckKind::Done
+            }
+            (Outcome::PutBack(_), _) => AckKind::PutBack {
+                queue: r.queue.clone(),
+                raw: r.raw.clone(),
+            },
+            (Outcome::Deferred { again: true }, _) => AckKind::Later {
+                payload: String::from_utf8_lossy(&r.raw).into_owned(),
+                secs: 1,
+            },
+            (Outcome::Deferred { again: false }, _) => AckKind::Drop,
+            (Outcome::Unknown(class), _) => {
+                AckKind::Failed(failure_record(worker, r, UnknownClass::failure(&class)))
+            }
+            (Outcome::Failed(e), Some((job, p))) if p.retry.is_some() => {
+                let retry = p.retry.as_ref().expect("checked");
+                let k = payload::retry_args_key(&job.args);
+                let delays = retry.delays();
+                let ttl = delays.iter().max().copied().unwrap_or(1) + 3600;
+                let info = serde_json::json!({
+                    "failed_at": payload::failed_at(Utc::now()),
+                    "payload": job.args,
+                    "exception": e.exception,
+                    "error": e.message,
+                    "backtrace": e.backtrace,
+                    "worker": job.class,
+                    "queue": job.queue,
+                });
+                extra.insert(
+                    "retry".into(),
+                    serde_json::json!({
+                        "key": keys.retry(&job.class, &k),
+                        "fkey": keys.retry_failure(&job.class, &k),
+                        "limit": retry.attempts,
+                        "delays": delays,
+                        "ttl": ttl,
+                        "info": info.to_string(),
+                    }),
+                );
+                AckKind::Retry {
+                    record: failure_record(worker, r, e),
+                    payload: payload::encode_job(
+                        &job.class,
+                        &job.queue,
+                        serde_json::Value::Array(job.args.clone()),
+                    ),
+                }
+            }
+            (Outcome::Failed(e), _) => AckKind::Failed(failure_record(worker, r, e)),
+        };
+        if !del.is_empty() {
+            extra.insert("del".into(), serde_json::json!(del));
+        }
+        Ack {
+            worker: worker.clone(),
+            expected: r.status.clone(),
+            kind,
+            extra: (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()),
+        }
     }
 }
 

@@ -239,6 +239,7 @@ impl Ns {
             scheduler: false,
             scheduler_lock_ttl: Duration::from_secs(30),
             schedules: Vec::new(),
+            policies: Default::default(),
         }
     }
 

@@ -3,22 +3,19 @@
 -- Acks first. An ack applies only while the worker's status key still holds
 -- exactly the value written when the job was taken (a fence: a worker taken
 -- for dead and recovered records nothing twice). An applied ack deletes the
--- status key and, by kind: 'ok' counts the job; 'fail' also pushes the
--- failure record and counts the failure; 'back' puts the payload back at the
--- head of its queue and counts nothing.
+-- status key and, by kind:
+--   'ok'    counts the job;
+--   'fail'  also pushes the failure record `data` and counts the failure;
+--   'back'  puts the payload back at the head of queue `data`, counts nothing;
+--   'later' schedules the payload `data` seconds from now, counts nothing;
+--   'retry' counts an attempt in node-resque's Retry plugin keys: with
+--           attempts left, schedules the payload after the next delay and
+--           counts a failure; else records the failure `data` as 'fail'.
+-- `extra` (JSON or '') may carry keys to delete ({"del":[...]}), the retry
+-- settings ({"retry":{key, fkey, limit, delays, ttl, info}}) and an
+-- actionHero recurring re-enqueue ({"recur":{queue, payload, secs, ns}}).
 --
--- Then takes. Unless `pause-all-workers` is "true", each free slot gets the
--- head of the first non-empty queue in priority order, and the status key is
--- written in the same step, so a job is always in a queue or in a status key.
--- The payload's bytes are spliced in verbatim; a payload that is not a JSON
--- object is stored as a JSON string so the status stays readable by
--- resque-web and node-resque, and its status value is returned.
---
--- Limits cap the jobs taken per class pattern (a plugin's max_in_flight, or
--- 0 for a class being skipped). While some limit is used up, a queue is
--- scanned (up to 100 deep) for the first job it allows instead of popped.
---
--- ARGV: prefix, n_acks, {id, name, expected, kind, data, raw} * n_acks,
+-- ARGV: prefix, n_acks, {id, name, expected, kind, data, raw, extra} * n_acks,
 --       run_at, n_takes, {id, status_tail} * n_takes,
 --       n_queues, {queue, queue_json} * n_queues,
 --       n_limits, {remaining, n_patterns, pattern...} * n_limits
@@ -30,15 +27,54 @@ local i = 2
 local n_acks = tonumber(ARGV[i]); i = i + 1
 local applied = {}
 local processed, failed = 0, 0
+local now
+
+-- Delayed-queue layout as node-resque's enqueueAt writes it (`ns_members`:
+-- namespaced timestamps members, as node-resque 0.2 / actionHero 7 wrote).
+local function schedule(payload, ts, ns_members)
+  local member = 'delayed:' .. ts
+  if ns_members then member = prefix .. member end
+  redis.call('RPUSH', prefix .. 'delayed:' .. ts, payload)
+  redis.call('SADD', prefix .. 'timestamps:' .. payload, member)
+  redis.call('ZADD', prefix .. 'delayed_queue_schedule', ts, ts)
+end
+
+local function unix_now()
+  if not now then now = tonumber(redis.call('TIME')[1]) end
+  return now
+end
+
 for a = 1, n_acks do
-  local id, name, expected, kind, data, raw = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
+  local id, name, expected, kind, data, raw, extra =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   local status_key = prefix .. 'worker:' .. id
   if redis.call('GET', status_key) == expected then
     redis.call('DEL', status_key)
+    local x = {}
+    if extra ~= '' then x = cjson.decode(extra) end
+    if kind == 'retry' then
+      local r = x['retry']
+      redis.call('SETNX', r['key'], -1)
+      local n = redis.call('INCR', r['key'])
+      redis.call('EXPIRE', r['key'], r['ttl'])
+      redis.call('SETEX', r['fkey'], r['ttl'], r['info'])
+      if r['limit'] - n - 1 <= 0 then
+        redis.call('DEL', r['key'], r['fkey'])
+        kind = 'fail'
+      else
+        local delays = r['delays']
+        schedule(raw, unix_now() + delays[math.min(n + 1, #delays)], false)
+        failed = failed + 1
+        redis.call('INCR', prefix .. 'stat:failed:' .. id)
+        redis.call('INCR', prefix .. 'stat:failed:' .. name)
+      end
+    end
     if kind == 'back' then
       redis.call('LPUSH', prefix .. 'queue:' .. data, raw)
-    else
+    elseif kind == 'later' then
+      schedule(raw, unix_now() + tonumber(data), false)
+    elseif kind == 'ok' or kind == 'fail' then
       processed = processed + 1
       redis.call('INCR', prefix .. 'stat:processed:' .. id)
       redis.call('INCR', prefix .. 'stat:processed:' .. name)
@@ -48,6 +84,24 @@ for a = 1, n_acks do
         redis.call('INCR', prefix .. 'stat:failed:' .. id)
         redis.call('INCR', prefix .. 'stat:failed:' .. name)
       end
+    end
+    if x['del'] then
+      for _, key in ipairs(x['del']) do redis.call('DEL', key) end
+    end
+    local recur = x['recur']
+    if recur then
+      -- actionHero's re-enqueue after a run: drop queued and delayed copies,
+      -- then schedule the next one.
+      local payload = recur['payload']
+      redis.call('LREM', prefix .. 'queue:' .. recur['queue'], 0, payload)
+      local ts_key = prefix .. 'timestamps:' .. payload
+      for _, member in ipairs(redis.call('SMEMBERS', ts_key)) do
+        local key = member
+        if string.sub(member, 1, #prefix) ~= prefix then key = prefix .. member end
+        redis.call('LREM', key, 0, payload)
+      end
+      redis.call('DEL', ts_key)
+      schedule(payload, unix_now() + recur['secs'], recur['ns'])
     end
     applied[a] = 1
   else
