@@ -155,6 +155,13 @@ pub async fn run(
             ),
             lock_ttl: config.scheduler_lock_ttl,
             schedules: config.schedules.clone(),
+            chains: config
+                .policies
+                .0
+                .iter()
+                .filter_map(|p| p.recurring.as_ref().map(|r| (p, r)))
+                .flat_map(|(p, r)| p.classes.iter().map(move |c| (c.clone(), r.clone())))
+                .collect(),
         }
         .spawn(stop.clone());
         (stop, task)

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::resque::Store;
+use crate::worker::policy::{ClassPolicy, Recurring};
 
 /// How often the scheduler runs a round: due jobs move within a second.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -33,7 +34,13 @@ pub struct Scheduler {
     pub lock_ttl: Duration,
     /// Recurring schedules the leader fires.
     pub schedules: Vec<Schedule>,
+    /// actionHero recurring tasks whose chains the leader keeps alive.
+    pub chains: Vec<(String, Recurring)>,
 }
+
+/// How long a recurring-task chain must be seen without its link before the
+/// leader restores one (covers peers that move a link in several steps).
+pub const CHAIN_CHECK: Duration = Duration::from_secs(5);
 
 impl Scheduler {
     /// Run rounds until `cancel`, then give up the lock if held.
@@ -68,7 +75,10 @@ impl Scheduler {
 
     /// One round: election, then moving what is due. Public for tests.
     pub async fn round(&self, leader: &mut bool) -> crate::Result<usize> {
-        let election = self.store.elect(&self.name, self.lock_ttl).await?;
+        let mut election = self.store.elect(&self.name, self.lock_ttl).await?;
+        if !election.leader && self.holder_died_here().await? {
+            election = self.store.elect(&self.name, self.lock_ttl).await?;
+        }
         if election.leader != *leader {
             if election.leader {
                 info!("became the scheduler leader");
@@ -105,6 +115,7 @@ impl Scheduler {
         }
         if *leader {
             self.run_schedules(&self.schedules).await?;
+            self.keep_chains().await?;
         }
         Ok(moved)
     }
@@ -279,6 +290,46 @@ pub fn decide(every: &Every, missed: Missed, last: Option<i64>, now: i64) -> Opt
 }
 
 impl Scheduler {
+    /// A leader on this host whose pid is gone is certainly dead: release
+    /// its lock at once instead of waiting for the TTL. Returns whether it
+    /// did.
+    async fn holder_died_here(&self) -> crate::Result<bool> {
+        let Some(holder) = self.store.leader().await? else {
+            return Ok(false);
+        };
+        let (Some((host, pid)), Some((my_host, _))) =
+            (holder.rsplit_once(':'), self.name.rsplit_once(':'))
+        else {
+            return Ok(false);
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            return Ok(false);
+        };
+        if host != my_host || crate::worker::recovery::pid_alive(pid) {
+            return Ok(false);
+        }
+        info!(dead = %holder, "the scheduler leader died on this host; taking over");
+        self.store.resign(&holder).await?;
+        Ok(true)
+    }
+
+    /// Restore the link of any recurring-task chain lost with a dead peer:
+    /// one script per chain and round, which restores a link once the chain
+    /// has been seen without one for [`CHAIN_CHECK`].
+    async fn keep_chains(&self) -> crate::Result<()> {
+        for (class, rec) in &self.chains {
+            let payload = ClassPolicy::recurring_payload(class, rec);
+            if self
+                .store
+                .keep_chain(class, &rec.queue, &payload, CHAIN_CHECK)
+                .await?
+            {
+                warn!(class, queue = %rec.queue, "recurring task had lost its job; one restored");
+            }
+        }
+        Ok(())
+    }
+
     /// Handle every schedule's due tick (leader only; exactly once per tick
     /// across leaders thanks to the compare-and-set in `scripts/tick.lua`).
     pub async fn run_schedules(&self, schedules: &[Schedule]) -> crate::Result<usize> {

@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod node;
 mod plugins;
+mod policies;
 mod props;
 mod recovery;
 mod scheduler;

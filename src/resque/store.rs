@@ -118,6 +118,7 @@ pub struct Store {
     leader: Script,
     promote: Script,
     tick: Script,
+    chain: Script,
 }
 
 /// What a scheduler learned from one election round.
@@ -194,6 +195,7 @@ impl Store {
             leader: Script::new(include_str!("scripts/leader.lua")),
             promote: Script::new(include_str!("scripts/promote.lua")),
             tick: Script::new(include_str!("scripts/tick.lua")),
+            chain: Script::new(include_str!("scripts/chain.lua")),
         })
     }
 
@@ -598,6 +600,32 @@ impl Store {
             .arg(queue)
             .arg(payload)
             .arg(jobs)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Check that a recurring task's chain has its link, restoring one if it
+    /// was missing twice `grace` apart (see `scripts/chain.lua`). Returns
+    /// whether a link was restored.
+    pub async fn keep_chain(
+        &self,
+        class: &str,
+        queue: &str,
+        payload: &str,
+        grace: Duration,
+    ) -> Result<bool> {
+        let now = self.redis_time().await?.timestamp();
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .chain
+            .key(self.keys.chains())
+            .arg(self.keys.prefix())
+            .arg(queue)
+            .arg(payload)
+            .arg(class)
+            .arg(now)
+            .arg(grace.as_secs())
             .invoke_async(&mut conn)
             .await?;
         Ok(n == 1)

@@ -159,7 +159,7 @@ impl Recoverer {
 }
 
 /// Whether `pid` is a live process on this host (a zombie is dead).
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit(')')

@@ -31,7 +31,7 @@
 //     SIGTERM/SIGINT; then worker.end().
 "use strict";
 
-const { Queue, Scheduler, Worker } = require("node-resque");
+const { Plugins, Queue, Scheduler, Worker } = require("node-resque");
 
 const USAGE = `usage: peer.js <command> [args]
   enqueue QUEUE CLASS ARGS_JSON | enqueue-many QUEUE CLASS N | workers |
@@ -172,6 +172,16 @@ async function runWorker(args) {
       },
     },
     "AhWorker::Noop": { perform: async () => null },
+    // Always fails; node-resque's Retry plugin retries it (3 attempts in all,
+    // 1 s apart) through the delayed queue.
+    FlakyJob: {
+      plugins: [Plugins.Retry],
+      pluginOptions: { Retry: { retryLimit: 3, backoffStrategy: [1000, 1000] } },
+      perform: async (id) => {
+        await worker.connection.redis.hincrby(worker.connection.key("test", "attempts"), String(id), 1);
+        throw new Error("flaky from node");
+      },
+    },
   };
 
   worker = new Worker({ connection: connectionOptions(), name, queues, timeout: 5 }, jobs);
