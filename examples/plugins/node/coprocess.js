@@ -18,6 +18,7 @@
 // Classes handled here (declared as "Node::*" in plugin.toml):
 //
 //   Node::Echo     succeeds, and logs its args
+//   Node::Noop     succeeds at once and logs nothing (scripts/bench uses it)
 //   Node::Fail     fails with ArgumentError; the error is args[0]
 //   Node::Sleep    sleeps args[0] seconds (without holding up other jobs)
 //   Node::Enqueue  enqueues job args[0] on queue args[1] with args args[2]
@@ -87,6 +88,8 @@ const handlers = {
   'Node::Echo': async (job) => {
     log(`args: ${JSON.stringify(job.args)}`, job.id);
   },
+
+  'Node::Noop': async () => {},
 
   'Node::Fail': async (job) => {
     const args = job.args || [];

@@ -17,6 +17,7 @@ docs/plugin-protocol.md for the whole protocol.
 Classes handled here (declared as "Py::*" in plugin.toml):
 
     Py::Echo     succeeds, and logs its args
+    Py::Noop     succeeds at once and logs nothing (scripts/bench uses it)
     Py::Fail     fails with ArgumentError; the error is args[0]
     Py::Sleep    sleeps args[0] seconds (without holding up other jobs)
     Py::Enqueue  enqueues job args[0] on queue args[1] with args args[2]
@@ -134,6 +135,10 @@ def echo(job):
     log("args: %s" % json.dumps(job.get("args"), separators=(",", ":")), job["id"])
 
 
+def noop(job):
+    pass
+
+
 def fail(job):
     args = job.get("args") or ["Py::Fail was asked to fail"]
     raise ArgumentError(str(args[0]))
@@ -167,6 +172,7 @@ def crash(job):
 
 HANDLERS = {
     "Py::Echo": echo,
+    "Py::Noop": noop,
     "Py::Fail": fail,
     "Py::Sleep": sleep,
     "Py::Enqueue": enqueue,
