@@ -74,6 +74,9 @@ pub fn main(registry: Registry) -> ExitCode {
                 enqueue(&config, &class, &queue_name, args, enqueue_at).await
             }
             Some(Command::Schedule { limit }) => schedule(&config, limit).await,
+            Some(Command::Cache { action }) => cache_command(&config, action).await,
+            Some(Command::Stats) => stats_command(&config).await,
+            Some(Command::Rooms { action }) => rooms_command(&config, action).await,
         }
     });
     match result {
@@ -131,8 +134,23 @@ pub async fn run(
         jobs: config.dead_worker_jobs,
         max_recoveries: config.max_recoveries,
     };
+    let mut services = Services::new(store.clone(), Arc::new(config.policies.clone()));
+    let mut background = Vec::new();
+    let stop_background = tokio_util::sync::CancellationToken::new();
+    if let Some(settings) = &config.actionhero {
+        let ah = crate::actionhero::ActionHero::new(store.connection(), settings);
+        background.push(
+            ah.stats
+                .spawn_flusher(settings.stats_flush, stop_background.clone()),
+        );
+        background.push(
+            ah.cache
+                .spawn_sweeper(settings.sweep_every, stop_background.clone()),
+        );
+        services = services.with_actionhero(ah);
+    }
     let runner = Runner {
-        services: Services::new(store.clone(), Arc::new(config.policies.clone())),
+        services,
         store: store.clone(),
         registry: registry.clone(),
         slots,
@@ -171,8 +189,13 @@ pub async fn run(
         stop.cancel();
         let _ = task.await;
     }
-    // No job runs any more: close plugin processes and connections.
+    // No job runs any more: close plugin processes and connections, write
+    // the last stats.
     registry.shutdown().await;
+    stop_background.cancel();
+    for task in background {
+        let _ = task.await;
+    }
     Ok(report?)
 }
 
@@ -220,6 +243,97 @@ fn due_time(at: Option<&str>, delay: Option<&str>) -> Result<Option<i64>, String
         ));
     }
     Ok(None)
+}
+
+/// actionHero's state with the configured (or seed-era default) layout.
+async fn actionhero_state(config: &Config) -> anyhow::Result<crate::actionhero::ActionHero> {
+    let settings = config.actionhero.clone().unwrap_or_else(|| {
+        crate::actionhero::Settings::seed(&config.host_name.clone().unwrap_or_else(hostname))
+    });
+    let store = connect(config).await?;
+    Ok(crate::actionhero::ActionHero::new(
+        store.connection(),
+        &settings,
+    ))
+}
+
+/// `ah-worker cache ...`.
+async fn cache_command(config: &Config, action: crate::cli::CacheAction) -> anyhow::Result<()> {
+    use crate::cli::CacheAction;
+    let ah = actionhero_state(config).await?;
+    match action {
+        CacheAction::Get { key } => match ah.cache.load(&key, None).await? {
+            Ok(entry) => println!("{}", serde_json::to_string(&entry)?),
+            Err(miss) => anyhow::bail!("{key}: {miss}"),
+        },
+        CacheAction::Set { key, value, expire } => {
+            let value: serde_json::Value = serde_json::from_str(&value)
+                .with_context(|| format!("the value {value:?} is not JSON"))?;
+            let expire = match expire {
+                Some(e) => Some(
+                    crate::config::parse_duration(&e)
+                        .with_context(|| format!("--expire {e:?} is not a duration"))?,
+                ),
+                None => None,
+            };
+            ah.cache.save(&key, value, expire).await?;
+            ah.stats.flush().await?;
+        }
+        CacheAction::Del { key } => {
+            if !ah.cache.destroy(&key).await? {
+                anyhow::bail!("{key}: Object not found");
+            }
+            ah.stats.flush().await?;
+        }
+        CacheAction::List => {
+            for key in ah.cache.list().await? {
+                println!("{key}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ah-worker stats`: actionHero's stats hash, sorted.
+async fn stats_command(config: &Config) -> anyhow::Result<()> {
+    let ah = actionhero_state(config).await?;
+    let mut all: Vec<(String, i64)> = ah.stats.get_all().await?.into_iter().collect();
+    all.sort();
+    let width = all.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in all {
+        println!("{k:width$}  {v}");
+    }
+    Ok(())
+}
+
+/// `ah-worker rooms ...`.
+async fn rooms_command(config: &Config, action: crate::cli::RoomsAction) -> anyhow::Result<()> {
+    use crate::cli::RoomsAction;
+    let ah = actionhero_state(config).await?;
+    match action {
+        RoomsAction::List => {
+            for room in ah.rooms.list().await? {
+                println!("{room}");
+            }
+        }
+        RoomsAction::Members { room } => println!("{}", ah.rooms.status(&room).await?),
+        RoomsAction::Create { room } => {
+            ah.rooms.create(&room).await?;
+        }
+        RoomsAction::Add { room, id } => {
+            if !ah.rooms.add_member(&room, &id).await? {
+                anyhow::bail!(
+                    "{id} is already in {room}, or {room} does not exist (create it first)"
+                );
+            }
+        }
+        RoomsAction::Remove { room, id } => {
+            if !ah.rooms.remove_member(&room, &id).await? {
+                anyhow::bail!("{id} is not in {room}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `ah-worker schedule`: the delayed jobs and the scheduler leader.

@@ -93,11 +93,83 @@ pub enum Command {
         #[arg(long = "in", value_name = "DURATION")]
         r#in: Option<String>,
     },
+    /// actionHero's shared cache (the `[actionhero]` section's layout).
+    Cache {
+        /// What to do.
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+    /// actionHero's stats hash.
+    Stats,
+    /// actionHero's chat rooms.
+    Rooms {
+        /// What to do.
+        #[command(subcommand)]
+        action: RoomsAction,
+    },
     /// Show the delayed jobs and the scheduler leader.
     Schedule {
         /// At most this many due times.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+}
+
+/// `ah-worker cache ...`.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Print an entry (`{"value","expireTimestamp","createdAt","readAt"}`).
+    Get {
+        /// The cache key.
+        key: String,
+    },
+    /// Save a JSON value.
+    Set {
+        /// The cache key.
+        key: String,
+        /// The value, as JSON.
+        value: String,
+        /// Expire after this long, e.g. 10m.
+        #[arg(long, value_name = "DURATION")]
+        expire: Option<String>,
+    },
+    /// Delete an entry.
+    Del {
+        /// The cache key.
+        key: String,
+    },
+    /// List the keys.
+    List,
+}
+
+/// `ah-worker rooms ...`.
+#[derive(Debug, Subcommand)]
+pub enum RoomsAction {
+    /// List the rooms.
+    List,
+    /// A room's members (actionHero's roomStatus).
+    Members {
+        /// The room.
+        room: String,
+    },
+    /// Create a room.
+    Create {
+        /// The room.
+        room: String,
+    },
+    /// Put a connection id in a room.
+    Add {
+        /// The room.
+        room: String,
+        /// The connection id.
+        id: String,
+    },
+    /// Take a connection id out of a room.
+    Remove {
+        /// The room.
+        room: String,
+        /// The connection id.
+        id: String,
     },
 }
 

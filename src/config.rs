@@ -147,6 +147,9 @@ pub struct Config {
     pub schedules: Vec<crate::scheduler::Schedule>,
     /// Per-class retries, locks and actionHero recurrence.
     pub policies: crate::worker::policy::Policies,
+    /// actionHero shared state (the `[actionhero]` section); `None`: the
+    /// worker writes none of it.
+    pub actionhero: Option<crate::actionhero::Settings>,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -178,6 +181,7 @@ struct FileConfig {
     schedules: Vec<toml::Value>,
     #[serde(default)]
     classes: Vec<toml::Value>,
+    actionhero: Option<toml::Value>,
 }
 
 /// `queues = "a,b"` or `queues = ["a", "b"]`.
@@ -549,6 +553,15 @@ impl Config {
         }
         let policies = crate::worker::policy::Policies(policies);
 
+        let server_id = host_name.clone().unwrap_or_else(crate::app::hostname);
+        let actionhero = match file.actionhero {
+            None => None,
+            Some(v) => Some(
+                crate::actionhero::Settings::from_toml(v, &server_id)
+                    .map_err(ConfigError::Schedule)?,
+            ),
+        };
+
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
             let source = format!("[[plugins]] #{} in {file_name}", i + 1);
@@ -586,6 +599,7 @@ impl Config {
             scheduler_lock_ttl,
             schedules,
             policies,
+            actionhero,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! processes.
 //!
 //! # Layout
+//! - [`actionhero`] — actionHero's shared cache, stats and chat rooms.
 //! - [`cli`] — command-line flags.
 //! - [`config`] — flags, environment and config file merged into one validated [`config::Config`].
 //! - [`resque`] — the Resque / node-resque contract: keys, payloads, Redis operations.
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod actionhero;
 pub mod app;
 pub mod cli;
 pub mod config;

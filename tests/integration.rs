@@ -3,6 +3,7 @@
 
 mod util;
 
+mod actionhero;
 mod cli;
 mod node;
 mod plugins;

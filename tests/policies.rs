@@ -137,23 +137,44 @@ async fn job_lock_keeps_identical_jobs_apart_and_honours_a_node_held_lock() {
     // A node-resque JobLock on the same job, as its plugin writes it.
     let lock = t.key("workerslock:Locked:q:[1]");
     let expiry = chrono::Utc::now().timestamp() + 3601;
-    let _: () = redis::cmd("SET").arg(&lock).arg(expiry).arg("EX").arg(3600).query(&mut t.conn).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg(expiry)
+        .arg("EX")
+        .arg(3600)
+        .query(&mut t.conn)
+        .unwrap();
     t.push("q", job);
     let mut config = t.config(&["q"], 2);
     config.scheduler = true;
-    config.policies = policies("[[classes]]\nclasses = [\"Locked\"]\njob_lock = { timeout = \"30s\" }\n");
+    config.policies =
+        policies("[[classes]]\nclasses = [\"Locked\"]\njob_lock = { timeout = \"30s\" }\n");
     let w = InProcess::start(config, r);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(t.int("stat:processed"), 0, "deferred while node holds the lock");
+    assert_eq!(
+        t.int("stat:processed"),
+        0,
+        "deferred while node holds the lock"
+    );
     assert!(t.failures().is_empty());
     let _: () = t.conn.del(&lock).unwrap();
-    wait_for_async(20, "the job once the lock is free", || t.int("stat:processed") == 1).await;
-    assert!(!t.keys().iter().any(|k| k.starts_with("workerslock")), "released after the run");
+    wait_for_async(20, "the job once the lock is free", || {
+        t.int("stat:processed") == 1
+    })
+    .await;
+    assert!(
+        !t.keys().iter().any(|k| k.starts_with("workerslock")),
+        "released after the run"
+    );
     // Two identical jobs on two free slots: never both running.
     t.push("q", job);
     t.push("q", job);
     wait_for_async(30, "both identical jobs", || t.int("stat:processed") == 3).await;
-    assert_eq!(most.load(Ordering::SeqCst), 1, "identical jobs ran at the same time");
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "identical jobs ran at the same time"
+    );
     w.stop().await;
 }
 

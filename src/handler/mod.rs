@@ -51,6 +51,7 @@ pub struct JobContext {
 pub struct Services {
     store: Option<crate::resque::Store>,
     policies: Arc<crate::worker::policy::Policies>,
+    actionhero: Option<crate::actionhero::ActionHero>,
 }
 
 impl Services {
@@ -63,7 +64,20 @@ impl Services {
         Services {
             store: Some(store),
             policies,
+            actionhero: None,
         }
+    }
+
+    /// The same services with actionHero's shared state.
+    pub fn with_actionhero(mut self, actionhero: crate::actionhero::ActionHero) -> Services {
+        self.actionhero = Some(actionhero);
+        self
+    }
+
+    /// actionHero's cache, stats and chat rooms, when the worker is
+    /// configured with an `[actionhero]` section.
+    pub fn actionhero(&self) -> Option<&crate::actionhero::ActionHero> {
+        self.actionhero.as_ref()
     }
 
     /// Services of nothing, for running a handler outside a worker (tests);
@@ -72,6 +86,7 @@ impl Services {
         Services {
             store: None,
             policies: Arc::default(),
+            actionhero: None,
         }
     }
 

@@ -539,6 +539,89 @@ async fn call(services: &Services, method: &str, params: Value) -> Result<Value,
                 .map(Value::Bool)
                 .map_err(|e| format!("enqueue failed: {e}"))
         }
+        method
+            if method.starts_with("cache.")
+                || method.starts_with("stats.")
+                || method.starts_with("rooms.") =>
+        {
+            let ah = services.actionhero().ok_or(
+                "actionHero state is not enabled on this worker (no [actionhero] section)",
+            )?;
+            actionhero_call(ah, method, &params).await
+        }
+        other => Err(format!("unknown method {other:?}")),
+    }
+}
+
+/// The `cache.*`, `stats.*` and `rooms.*` calls (docs/plugin-protocol.md).
+async fn actionhero_call(
+    ah: &crate::actionhero::ActionHero,
+    method: &str,
+    p: &Value,
+) -> Result<Value, String> {
+    let text = |name: &str| -> Result<String, String> {
+        p[name]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("`{name}` must be a non-empty string"))
+    };
+    let ms = |name: &str| p[name].as_u64().map(std::time::Duration::from_millis);
+    let err = |e: crate::Error| format!("{method} failed: {e}");
+    match method {
+        "cache.save" => {
+            ah.cache
+                .save(&text("key")?, p["value"].clone(), ms("expire_ms"))
+                .await
+                .map_err(err)?;
+            Ok(Value::Null)
+        }
+        "cache.load" => match ah
+            .cache
+            .load(&text("key")?, ms("expire_ms"))
+            .await
+            .map_err(err)?
+        {
+            Ok(entry) => Ok(serde_json::to_value(entry).expect("plain struct")),
+            Err(miss) => Err(miss.to_string()),
+        },
+        "cache.destroy" => Ok(Value::Bool(
+            ah.cache.destroy(&text("key")?).await.map_err(err)?,
+        )),
+        "cache.size" => Ok(Value::from(ah.cache.size().await.map_err(err)?)),
+        "cache.list" => Ok(json!(ah.cache.list().await.map_err(err)?)),
+        "cache.lock" => {
+            let ttl = ms("ttl_ms").unwrap_or(std::time::Duration::from_secs(10));
+            Ok(Value::Bool(
+                ah.cache.lock(&text("key")?, ttl).await.map_err(err)?,
+            ))
+        }
+        "cache.unlock" => Ok(Value::Bool(
+            ah.cache.unlock(&text("key")?).await.map_err(err)?,
+        )),
+        "stats.increment" => {
+            ah.stats
+                .increment(&text("key")?, p["by"].as_i64().unwrap_or(1));
+            Ok(Value::Null)
+        }
+        "stats.get" => Ok(json!(ah.stats.get_all().await.map_err(err)?)),
+        "rooms.list" => Ok(json!(ah.rooms.list().await.map_err(err)?)),
+        "rooms.status" | "rooms.members" => ah.rooms.status(&text("room")?).await.map_err(err),
+        "rooms.create" => Ok(Value::Bool(
+            ah.rooms.create(&text("room")?).await.map_err(err)?,
+        )),
+        "rooms.add" => Ok(Value::Bool(
+            ah.rooms
+                .add_member(&text("room")?, &text("id")?)
+                .await
+                .map_err(err)?,
+        )),
+        "rooms.remove" => Ok(Value::Bool(
+            ah.rooms
+                .remove_member(&text("room")?, &text("id")?)
+                .await
+                .map_err(err)?,
+        )),
         other => Err(format!("unknown method {other:?}")),
     }
 }

@@ -199,6 +199,12 @@ impl Store {
         })
     }
 
+    /// The shared connection, for the other contracts' modules
+    /// (`actionhero`) that keep their own keys on the same Redis.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// The key names of this store.
     pub fn keys(&self) -> &Keys {
         &self.keys

@@ -542,6 +542,11 @@ impl Runner {
         if let Some(l) = r.limit {
             in_flight[l] -= 1;
         }
+        if let (Some(ah), Some(job)) = (self.services.actionhero(), &job)
+            && matches!(outcome, Outcome::Succeeded | Outcome::Failed(_))
+        {
+            ah.count_task(&job.class, matches!(outcome, Outcome::Failed(_)));
+        }
         let outcome = match outcome {
             Outcome::Unknown(class) => match self.unknown_class {
                 UnknownClass::Fail => Outcome::Failed(UnknownClass::failure(&class)),

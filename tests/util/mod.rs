@@ -240,6 +240,7 @@ impl Ns {
             scheduler_lock_ttl: Duration::from_secs(30),
             schedules: Vec::new(),
             policies: Default::default(),
+            actionhero: None,
         }
     }
 
