@@ -4,6 +4,7 @@
 mod util;
 
 mod actionhero;
+mod chaos;
 mod cli;
 mod node;
 mod plugins;
