@@ -41,7 +41,7 @@ fn scheduler_bin(t: &Ns, ttl: &str) -> Child {
         .args(["--scheduler", "--queues", "nothing-here", "-c", "1"])
         .env("AH_WORKER_SCHEDULER_LOCK_TTL", ttl)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
@@ -240,7 +240,7 @@ fn killing_the_scheduler_at_random_moments_loses_and_doubles_nothing() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let mut c = scheduler_bin(&t, "1s");
-        std::thread::sleep(Duration::from_millis(20 + rng % 150));
+        std::thread::sleep(Duration::from_millis(10 + rng % 60));
         c.kill().unwrap();
         c.wait().unwrap();
     }
@@ -248,8 +248,18 @@ fn killing_the_scheduler_at_random_moments_loses_and_doubles_nothing() {
     wait_for(60, "everything moved", || {
         t.cmd::<i64>(&["ZCARD", &t.key("delayed_queue_schedule")]) == 0
     });
+    let id = format!("{}:{}+1:nothing-here", ah_worker::app::hostname(), c.id());
+    wait_for(20, "the last scheduler to be up", || {
+        t.cmd::<bool>(&["SISMEMBER", &t.key("workers"), &id])
+    });
     signal(&c, "TERM");
-    assert!(wait_output(c, 20).status.success());
+    let out = wait_output(c, 20);
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let queued = t.list("queue:work");
     assert_eq!(
         queued.len(),

@@ -32,6 +32,9 @@ pub struct WorkerId {
     pub queues: String,
     /// The full id `host:pid+n:queues`, Ruby's `Worker#to_s`.
     pub id: String,
+    /// The end of this slot's status values (see [`payload::status_tail`]),
+    /// computed once.
+    pub status_tail: String,
 }
 
 /// An ah-worker process: `host:pid`, the field of its registry entry.
@@ -72,6 +75,7 @@ impl WorkerId {
         let name = format!("{host}:{pid}+{n}");
         WorkerId {
             id: format!("{name}:{queues}"),
+            status_tail: payload::status_tail(&name),
             name,
             queues: queues.to_owned(),
         }

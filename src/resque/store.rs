@@ -110,6 +110,13 @@ pub struct Store {
     client: Client,
     conn: ConnectionManager,
     keys: Keys,
+    /// Shared: a `Script` holds its whole source, and handles are cloned for
+    /// every job.
+    scripts: std::sync::Arc<Scripts>,
+}
+
+/// The Lua scripts, loaded once per process (EVALSHA, EVAL on NOSCRIPT).
+struct Scripts {
     step: Script,
     put_back: Script,
     unregister: Script,
@@ -185,17 +192,19 @@ impl Store {
             client,
             conn,
             keys: Keys::new(namespace),
-            step: Script::new(include_str!("scripts/step.lua")),
-            put_back: Script::new(include_str!("scripts/put_back.lua")),
-            unregister: Script::new(include_str!("scripts/unregister.lua")),
-            recover: Script::new(include_str!("scripts/recover.lua")),
-            unlock: Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            ),
-            leader: Script::new(include_str!("scripts/leader.lua")),
-            promote: Script::new(include_str!("scripts/promote.lua")),
-            tick: Script::new(include_str!("scripts/tick.lua")),
-            chain: Script::new(include_str!("scripts/chain.lua")),
+            scripts: std::sync::Arc::new(Scripts {
+                step: Script::new(include_str!("scripts/step.lua")),
+                put_back: Script::new(include_str!("scripts/put_back.lua")),
+                unregister: Script::new(include_str!("scripts/unregister.lua")),
+                recover: Script::new(include_str!("scripts/recover.lua")),
+                unlock: Script::new(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                ),
+                leader: Script::new(include_str!("scripts/leader.lua")),
+                promote: Script::new(include_str!("scripts/promote.lua")),
+                tick: Script::new(include_str!("scripts/tick.lua")),
+                chain: Script::new(include_str!("scripts/chain.lua")),
+            }),
         })
     }
 
@@ -232,13 +241,13 @@ impl Store {
     /// job; a taken job names its index in `free`.
     pub async fn step(
         &self,
-        acks: &[Ack],
+        acks: &[&Ack],
         free: &[&WorkerId],
         queues: &[String],
         limits: &[TakeLimit],
         now: DateTime<Utc>,
     ) -> Result<StepReply> {
-        let mut inv = self.step.prepare_invoke();
+        let mut inv = self.scripts.step.prepare_invoke();
         inv.arg(self.keys.prefix()).arg(acks.len());
         for ack in acks {
             inv.arg(&ack.worker.id)
@@ -257,7 +266,7 @@ impl Store {
         let run_at = payload::run_at(now);
         inv.arg(&run_at).arg(free.len());
         for slot in free {
-            inv.arg(&slot.id).arg(payload::status_tail(&slot.name));
+            inv.arg(&slot.id).arg(&slot.status_tail);
         }
         inv.arg(queues.len());
         for q in queues {
@@ -293,7 +302,7 @@ impl Store {
                 let mut s =
                     payload::status_head(&payload::json_string(&queue), &run_at).into_bytes();
                 s.extend_from_slice(&raw);
-                s.extend_from_slice(payload::status_tail(&free[slot].name).as_bytes());
+                s.extend_from_slice(free[slot].status_tail.as_bytes());
                 s
             } else {
                 status
@@ -324,6 +333,7 @@ impl Store {
     ) -> Result<bool> {
         let mut conn = self.conn.clone();
         let n: i64 = self
+            .scripts
             .put_back
             .key(self.keys.worker(&worker.id))
             .key(self.keys.queue(queue))
@@ -412,7 +422,7 @@ impl Store {
     /// Remove the registrations of `workers` (see `scripts/unregister.lua`).
     /// Returns the ids left registered because their status still holds a job.
     pub async fn unregister(&self, workers: &[WorkerId]) -> Result<Vec<String>> {
-        let mut inv = self.unregister.prepare_invoke();
+        let mut inv = self.scripts.unregister.prepare_invoke();
         inv.arg(self.keys.prefix());
         for w in workers {
             inv.arg(&w.id).arg(&w.name);
@@ -464,7 +474,8 @@ impl Store {
     /// Release the recovery lock if `owner` still holds it.
     pub async fn unlock_recovery(&self, owner: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        self.unlock
+        self.scripts
+            .unlock
             .key(self.keys.recovery_lock())
             .arg(owner)
             .invoke_async::<i64>(&mut conn)
@@ -482,6 +493,7 @@ impl Store {
     pub async fn recover_slot(&self, worker: &WorkerId, r: &Recovery<'_>) -> Result<Recovered> {
         let mut conn = self.conn.clone();
         let n: i64 = self
+            .scripts
             .recover
             .prepare_invoke()
             .arg(self.keys.prefix())
@@ -525,6 +537,7 @@ impl Store {
     pub async fn elect(&self, name: &str, ttl: Duration) -> Result<Election> {
         let mut conn = self.conn.clone();
         let (leader, ruby): (i64, i64) = self
+            .scripts
             .leader
             .key(self.keys.leader_lock())
             .key(self.keys.ruby_master_lock())
@@ -541,7 +554,8 @@ impl Store {
     /// Give up the leader lock if `name` holds it.
     pub async fn resign(&self, name: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        self.unlock
+        self.scripts
+            .unlock
             .key(self.keys.leader_lock())
             .arg(name)
             .invoke_async::<i64>(&mut conn)
@@ -565,6 +579,7 @@ impl Store {
     ) -> Result<Option<usize>> {
         let mut conn = self.conn.clone();
         let n: i64 = self
+            .scripts
             .promote
             .prepare_invoke()
             .arg(self.keys.prefix())
@@ -597,6 +612,7 @@ impl Store {
     ) -> Result<bool> {
         let mut conn = self.conn.clone();
         let n: i64 = self
+            .scripts
             .tick
             .key(self.keys.schedules())
             .arg(self.keys.prefix())
@@ -624,6 +640,7 @@ impl Store {
         let now = self.redis_time().await?.timestamp();
         let mut conn = self.conn.clone();
         let n: i64 = self
+            .scripts
             .chain
             .key(self.keys.chains())
             .arg(self.keys.prefix())

@@ -60,6 +60,8 @@ impl Heartbeat {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await; // registration wrote the first beats
                 let mut last_full = Instant::now();
+                let mut last_ok = Instant::now();
+                let mut trust_beats_after = Instant::now();
                 loop {
                     // Cancel-safe: a beat cut short is rewritten by the next
                     // one or removed by unregistering.
@@ -67,8 +69,18 @@ impl Heartbeat {
                         _ = cancel.cancelled() => return,
                         _ = tick.tick() => {}
                     }
-                    if let Err(e) = self.tick(&mut last_full).await {
-                        warn!(error = %e, "heartbeat failed; retrying at the next beat");
+                    // After a gap in our own beats (Redis away), the others'
+                    // beats are as old as ours: judge nobody by beat age until
+                    // they had dead_after to beat again.
+                    if last_ok.elapsed() > self.beat_every() * 3 {
+                        trust_beats_after = Instant::now() + self.recoverer.dead_after;
+                    }
+                    match self
+                        .tick(&mut last_full, Instant::now() >= trust_beats_after)
+                        .await
+                    {
+                        Ok(()) => last_ok = Instant::now(),
+                        Err(e) => warn!(error = %e, "heartbeat failed; retrying at the next beat"),
                     }
                 }
             }
@@ -76,7 +88,7 @@ impl Heartbeat {
         )
     }
 
-    async fn tick(&self, last_full: &mut Instant) -> crate::Result<()> {
+    async fn tick(&self, last_full: &mut Instant, trust_beats: bool) -> crate::Result<()> {
         if self.beat().await? {
             warn!(
                 "this process was taken for dead and its slots recovered; registering them again"
@@ -90,7 +102,7 @@ impl Heartbeat {
             self.store.heartbeat(&self.workers, now).await?;
             *last_full = Instant::now();
         }
-        self.recoverer.run_once(false).await?;
+        self.recoverer.run(false, trust_beats).await?;
         Ok(())
     }
 }

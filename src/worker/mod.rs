@@ -105,7 +105,10 @@ pub async fn execute(
             }
         }
     }
-    let job_copy = job.clone();
+    // The runner needs the job back only for class policies and actionHero
+    // stats; cloning its arguments otherwise is wasted work per job.
+    let job_copy =
+        (!policies.is_empty() || ctx.services.actionhero().is_some()).then(|| job.clone());
     let worker = ctx.worker.clone();
     // The handler future is polled inside catch_unwind, so a panic in a
     // handler fails its job and leaves the slot alive.
@@ -144,7 +147,7 @@ pub async fn execute(
             "job failed"
         ),
     }
-    (outcome, Some(job_copy))
+    (outcome, job_copy)
 }
 
 /// node-resque's beforePerform plugins: QueueLock is released, JobLock

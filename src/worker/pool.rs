@@ -276,10 +276,10 @@ impl Runner {
                 } else {
                     Vec::new()
                 };
-                let ack_list: Vec<Ack> = acks
+                let ack_list: Vec<&Ack> = acks
                     .iter()
                     .map(|&i| match &slots[i] {
-                        Slot::Acking(a) => a.clone(),
+                        Slot::Acking(a) => a,
                         _ => unreachable!("filtered on Acking above"),
                     })
                     .collect();

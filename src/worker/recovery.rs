@@ -53,6 +53,15 @@ impl Recoverer {
     /// very `host:pid` is a dead earlier process (pid reused, as in
     /// containers) and is recovered too.
     pub async fn run_once(&self, starting: bool) -> Result<usize> {
+        self.run(starting, true).await
+    }
+
+    /// [`Recoverer::run_once`], judging by heartbeat age only if
+    /// `trust_beats`: right after this process itself could not reach Redis,
+    /// every other process's beat is old too, and taking them all for dead
+    /// would run their jobs twice. A dead pid on this host is certain
+    /// either way.
+    pub async fn run(&self, starting: bool, trust_beats: bool) -> Result<usize> {
         let now_ms = self.store.redis_time().await?.timestamp_millis();
         let entries = self.store.processes().await?;
         let dead: Vec<(String, Option<payload::ProcessEntry>)> = entries
@@ -62,7 +71,7 @@ impl Recoverer {
                     return starting;
                 }
                 let Some(entry) = entry else { return true };
-                let stale = now_ms - entry.beat > self.dead_after.as_millis() as i64;
+                let stale = trust_beats && now_ms - entry.beat > self.dead_after.as_millis() as i64;
                 let gone_here = ProcessId::parse(field)
                     .is_some_and(|p| p.host == self.me.host && !pid_alive(p.pid));
                 stale || gone_here
