@@ -4,6 +4,7 @@
 mod util;
 
 mod actionhero;
+mod bench;
 mod chaos;
 mod cli;
 mod node;

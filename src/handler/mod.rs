@@ -129,32 +129,20 @@ impl Services {
         store.enqueue(queue, payload.as_bytes()).await?;
         Ok(true)
     }
-}
 
-impl Services {
     /// Add 1 to field `field` of the hash `<namespace>:<key>`; for the
     /// built-in `AhWorker::Count` that tests and the chaos run use to record
     /// executions.
     pub async fn count(&self, key: &str, field: &str) -> crate::Result<()> {
-        let store = self.store.as_ref().ok_or_else(|| {
-            crate::Error::Protocol("no worker services outside a running worker".into())
-        })?;
-        store.count(key, field).await
+        self.store()?.count(key, field).await
     }
-}
 
-impl Services {
     /// `RPUSH <namespace>:<key> <value>`, for the built-in
     /// `AhWorker::Latency`.
     pub async fn push(&self, key: &str, value: &str) -> crate::Result<()> {
-        let store = self.store.as_ref().ok_or_else(|| {
-            crate::Error::Protocol("no worker services outside a running worker".into())
-        })?;
-        store.push(key, value).await
+        self.store()?.push(key, value).await
     }
-}
 
-impl Services {
     fn store(&self) -> crate::Result<&crate::resque::Store> {
         self.store.as_ref().ok_or_else(|| {
             crate::Error::Protocol("no worker services outside a running worker".into())

@@ -49,8 +49,10 @@ for a = 1, n_acks do
     ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   i = i + 7
   local status_key = prefix .. 'worker:' .. id
-  if redis.call('GET', status_key) == expected then
-    redis.call('DEL', status_key)
+  -- GETDEL is one call instead of GET + DEL; the rare fenced-out value is
+  -- written back unchanged (atomically, within this script).
+  local current = redis.call('GETDEL', status_key)
+  if current == expected then
     local x = {}
     if extra ~= '' then x = cjson.decode(extra) end
     if kind == 'retry' then
@@ -105,6 +107,7 @@ for a = 1, n_acks do
     end
     applied[a] = 1
   else
+    if current then redis.call('SET', status_key, current) end
     applied[a] = 0
   end
 end
