@@ -117,7 +117,8 @@ pub async fn run(
     control: mpsc::UnboundedReceiver<Control>,
 ) -> anyhow::Result<StopReport> {
     let mut control = control;
-    let store = connect_retrying(config, &mut control).await?;
+    let mut start_paused = false;
+    let store = connect_retrying(config, &mut control, &mut start_paused).await?;
     let mut registry = registry;
     crate::plugin::register_all(&config.plugins, &mut registry)?;
     let registry = Arc::new(registry);
@@ -161,6 +162,7 @@ pub async fn run(
         unknown_class: config.unknown_class,
         recoverer,
         policies: Arc::new(config.policies.clone()),
+        start_paused,
     };
     let scheduler = config.scheduler.then(|| {
         let stop = tokio_util::sync::CancellationToken::new();
@@ -364,10 +366,25 @@ pub async fn schedule(config: &Config, limit: usize) -> anyhow::Result<()> {
 async fn connect_retrying(
     config: &Config,
     control: &mut mpsc::UnboundedReceiver<Control>,
+    paused: &mut bool,
 ) -> anyhow::Result<Store> {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match connect(config).await {
+        // Cancel-safety: a connection attempt cut short by a stop is dropped;
+        // nothing runs yet.
+        let attempt = tokio::select! {
+            r = connect(config) => r,
+            msg = control.recv() => {
+                match msg {
+                    Some(Control::Stop | Control::StopAfterJobs) | None => anyhow::bail!("stopped before redis answered"),
+                    Some(Control::Pause) => *paused = true,
+                    Some(Control::Resume) => *paused = false,
+                    Some(Control::CancelJobs) => {}
+                }
+                continue;
+            }
+        };
+        match attempt {
             Ok(store) => return Ok(store),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "waiting for redis")
@@ -376,10 +393,11 @@ async fn connect_retrying(
         // Cancel-safety: nothing runs yet; a stop just ends the wait.
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            msg = control.recv() => {
-                if matches!(msg, Some(Control::Stop | Control::StopAfterJobs) | None) {
-                    anyhow::bail!("stopped before redis answered");
-                }
+            msg = control.recv() => match msg {
+                Some(Control::Stop | Control::StopAfterJobs) | None => anyhow::bail!("stopped before redis answered"),
+                Some(Control::Pause) => *paused = true,
+                Some(Control::Resume) => *paused = false,
+                Some(Control::CancelJobs) => {}
             }
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(5));

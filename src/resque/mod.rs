@@ -20,7 +20,9 @@ pub mod store;
 
 pub use keys::Keys;
 pub use payload::{Failure, Job, Malformed};
-pub use store::{Ack, AckKind, Election, Recovered, Recovery, StepReply, Store, TakeLimit, Taken};
+pub use store::{
+    Ack, AckKind, Election, Recovered, Recovery, StepReply, StepRequest, Store, TakeLimit, Taken,
+};
 
 /// The identity of one job slot, as registered in `workers`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -93,11 +93,34 @@ pub struct Taken {
     pub class: Option<String>,
 }
 
+/// What one [`Store::step`] is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRequest<'a> {
+    /// Finished jobs to record.
+    pub acks: &'a [&'a Ack],
+    /// Batched per-worker success counts to add.
+    pub counts: &'a [(&'a WorkerId, u64)],
+    /// Slots without a job; a taken job names its index here.
+    pub free: &'a [&'a WorkerId],
+    /// Queues in priority order.
+    pub queues: &'a [String],
+    /// Caps on classes to take.
+    pub limits: &'a [TakeLimit],
+    /// This process (`host:pid`): takes happen only while it is in the
+    /// process registry.
+    pub process: &'a str,
+    /// The time written as `run_at`.
+    pub now: DateTime<Utc>,
+}
+
 /// What one [`Store::step`] did.
 #[derive(Debug, Default)]
 pub struct StepReply {
     /// `pause-all-workers` was set, so nothing was taken.
     pub paused: bool,
+    /// This process's registry entry is gone (it was taken for dead), so
+    /// nothing was taken; the heartbeat registers it again.
+    pub unregistered: bool,
     /// Per ack, whether it applied (false: the status no longer held the job).
     pub applied: Vec<bool>,
     /// The jobs taken.
@@ -234,19 +257,19 @@ impl Store {
             .ok_or_else(|| Error::Protocol(format!("TIME returned {secs}.{micros}")))
     }
 
-    /// Record finished jobs and take up to `free.len()` new ones, in one
-    /// round trip (see `scripts/step.lua`).
-    ///
-    /// `queues` is in priority order. Each entry of `free` is a slot with no
-    /// job; a taken job names its index in `free`.
-    pub async fn step(
-        &self,
-        acks: &[&Ack],
-        free: &[&WorkerId],
-        queues: &[String],
-        limits: &[TakeLimit],
-        now: DateTime<Utc>,
-    ) -> Result<StepReply> {
+    /// Record finished jobs (and the batched per-worker success counts) and
+    /// take up to `free.len()` new ones, in one round trip (see
+    /// `scripts/step.lua`).
+    pub async fn step(&self, req: &StepRequest<'_>) -> Result<StepReply> {
+        let StepRequest {
+            acks,
+            counts,
+            free,
+            queues,
+            limits,
+            process,
+            now,
+        } = *req;
         let mut inv = self.scripts.step.prepare_invoke();
         inv.arg(self.keys.prefix()).arg(acks.len());
         for ack in acks {
@@ -262,6 +285,10 @@ impl Store {
                 AckKind::Drop => inv.arg("drop").arg("").arg(""),
             };
             inv.arg(ack.extra.as_deref().unwrap_or(""));
+        }
+        inv.arg(counts.len());
+        for (w, n) in counts {
+            inv.arg(&w.id).arg(&w.name).arg(*n);
         }
         let run_at = payload::run_at(now);
         inv.arg(&run_at).arg(free.len());
@@ -279,6 +306,7 @@ impl Store {
                 inv.arg(p);
             }
         }
+        inv.arg(process);
         let mut conn = self.conn.clone();
         let (paused, applied, flat): (i64, Vec<i64>, Vec<Value>) =
             inv.invoke_async(&mut conn).await?;
@@ -317,6 +345,7 @@ impl Store {
         }
         Ok(StepReply {
             paused: paused == 1,
+            unregistered: paused == 2,
             applied: applied.into_iter().map(|a| a == 1).collect(),
             taken,
         })

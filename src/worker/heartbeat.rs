@@ -69,17 +69,11 @@ impl Heartbeat {
                         _ = cancel.cancelled() => return,
                         _ = tick.tick() => {}
                     }
-                    // After a gap in our own beats (Redis away), the others'
-                    // beats are as old as ours: judge nobody by beat age until
-                    // they had dead_after to beat again.
-                    if last_ok.elapsed() > self.beat_every() * 3 {
-                        trust_beats_after = Instant::now() + self.recoverer.dead_after;
-                    }
                     match self
-                        .tick(&mut last_full, Instant::now() >= trust_beats_after)
+                        .tick(&mut last_full, &mut last_ok, &mut trust_beats_after)
                         .await
                     {
-                        Ok(()) => last_ok = Instant::now(),
+                        Ok(()) => {}
                         Err(e) => warn!(error = %e, "heartbeat failed; retrying at the next beat"),
                     }
                 }
@@ -88,8 +82,22 @@ impl Heartbeat {
         )
     }
 
-    async fn tick(&self, last_full: &mut Instant, trust_beats: bool) -> crate::Result<()> {
-        if self.beat().await? {
+    async fn tick(
+        &self,
+        last_full: &mut Instant,
+        last_ok: &mut Instant,
+        trust_beats_after: &mut Instant,
+    ) -> crate::Result<()> {
+        let vanished = self.beat().await?;
+        // A gap since our previous beat (Redis away, or our calls hanging
+        // until it came back) means every other beat is as old as ours:
+        // judge nobody by beat age until they had dead_after to beat again.
+        if last_ok.elapsed() > self.beat_every() * 2 {
+            *trust_beats_after = Instant::now() + self.recoverer.dead_after;
+        }
+        *last_ok = Instant::now();
+        let trust_beats = Instant::now() >= *trust_beats_after;
+        if vanished {
             warn!(
                 "this process was taken for dead and its slots recovered; registering them again"
             );

@@ -25,9 +25,12 @@ use super::wake::Waiters;
 use super::{Outcome, UnknownClass, execute};
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
-use crate::resque::{Ack, AckKind, Failure, Job, Store, TakeLimit, WorkerId, payload};
+use crate::resque::{Ack, AckKind, Failure, Job, StepRequest, Store, TakeLimit, WorkerId, payload};
 use crate::shutdown::{Control, StopReason, StopReport};
 
+/// Longest delay of the batched per-worker success counters
+/// (`stat:processed:<worker>`), as Sidekiq and actionHero batch theirs.
+const COUNT_LAG: Duration = Duration::from_secs(1);
 /// How often a dynamic queue list (`*`, `!skip`) is re-read while idle.
 const QUEUE_REFRESH: Duration = Duration::from_secs(1);
 /// How often to look again for work while a plugin is at its limit: jobs
@@ -63,6 +66,8 @@ pub struct Runner {
     pub recoverer: Recoverer,
     /// Per-class retries, locks and recurrence.
     pub policies: Arc<Policies>,
+    /// Start paused (a USR2 arrived while connecting).
+    pub start_paused: bool,
 }
 
 /// A job a slot is running.
@@ -89,17 +94,9 @@ impl Runner {
     /// Register the slots, take and run jobs until stopped by `control` (or,
     /// when draining, until the queues are empty), then unregister.
     pub async fn run(self, mut control: mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
+        let mut paused = self.start_paused;
         let span = tracing::info_span!("runner", slots = self.slots.len(), queues = %self.queues.id_part());
         async move {
-            let now = self.wait_for_redis(&mut control).await?;
-            // A dead earlier process on this host (or under this very pid)
-            // gets its jobs back into the queues before we take any.
-            match self.recoverer.run_once(true).await {
-                Ok(n) if n > 0 => info!(jobs = n, "recovered the jobs of dead processes"),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "recovery at start-up failed; the heartbeat retries it"),
-            }
-            self.store.register(&self.slots, now).await?;
             let heartbeat = Heartbeat {
                 store: self.store.clone(),
                 workers: self.slots.clone(),
@@ -107,11 +104,29 @@ impl Runner {
                 heartbeat_interval: self.heartbeat_interval,
                 recoverer: self.recoverer.clone(),
             };
-            heartbeat.beat().await?;
+            // Start-up survives Redis going away in the middle of it.
+            loop {
+                let now = self.wait_for_redis(&mut control, &mut paused).await?;
+                // A dead earlier process on this host (or under this very
+                // pid) gets its jobs back into the queues before we take any.
+                match self.recoverer.run_once(true).await {
+                    Ok(n) if n > 0 => info!(jobs = n, "recovered the jobs of dead processes"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "recovery at start-up failed; the heartbeat retries it"),
+                }
+                let registered = async {
+                    self.store.register(&self.slots, now).await?;
+                    heartbeat.beat().await
+                };
+                match registered.await {
+                    Ok(_) => break,
+                    Err(e) => warn!(error = %e, "registration failed; retrying"),
+                }
+            }
             info!(first = %self.slots[0].id, "worker registered");
             let beat = CancellationToken::new();
             let beat_task = heartbeat.spawn(beat.clone());
-            let result = self.serve(&mut control).await;
+            let result = self.serve(&mut control, paused).await;
             beat.cancel();
             let _ = beat_task.await;
             let mut report = result?;
@@ -129,10 +144,12 @@ impl Runner {
     }
 
     /// Wait until Redis answers (retrying with capped backoff), unless
-    /// stopped meanwhile. Returns Redis's clock.
+    /// stopped meanwhile; a pause or resume meanwhile updates `paused`.
+    /// Returns Redis's clock.
     async fn wait_for_redis(
         &self,
         control: &mut mpsc::UnboundedReceiver<Control>,
+        paused: &mut bool,
     ) -> Result<chrono::DateTime<Utc>> {
         let mut delay = RETRY_MIN;
         loop {
@@ -143,17 +160,24 @@ impl Runner {
             // Cancel-safety: nothing is taken yet; a stop just ends the wait.
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                msg = control.recv() => {
-                    if matches!(msg, Some(Control::Stop | Control::StopAfterJobs) | None) {
+                msg = control.recv() => match msg {
+                    Some(Control::Stop | Control::StopAfterJobs) | None => {
                         return Err(crate::Error::Protocol("stopped before redis answered".into()));
                     }
+                    Some(Control::Pause) => *paused = true,
+                    Some(Control::Resume) => *paused = false,
+                    Some(Control::CancelJobs) => {}
                 }
             }
             delay = (delay * 2).min(RETRY_MAX);
         }
     }
 
-    async fn serve(&self, control: &mut mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
+    async fn serve(
+        &self,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        start_paused: bool,
+    ) -> Result<StopReport> {
         let draining = self.interval.is_zero();
         let mut waiters = Waiters::new(
             self.store.clone(),
@@ -180,7 +204,7 @@ impl Runner {
         // `idle`: the last take found nothing; wait for a wake-up or a timer.
         let mut idle = false;
         let mut next_poll = Instant::now();
-        let mut paused = false;
+        let mut paused = start_paused;
         let mut stopping: Option<Option<Instant>> = None; // Some(deadline or none)
         let mut stop_requests = 0;
         let mut retry_at: Option<Instant> = None;
@@ -188,6 +212,9 @@ impl Runner {
         // Jobs running per registry limit, and classes skipped until a time.
         let mut in_flight: Vec<usize> = vec![0; self.registry.limits().len()];
         let mut skipped: Vec<(String, Instant)> = Vec::new();
+        // Per-slot successes not yet written, and when they were last written.
+        let mut successes: Vec<u64> = vec![0; self.slots.len()];
+        let mut counted_at = Instant::now();
         let mut backoff = RETRY_MIN;
 
         loop {
@@ -246,7 +273,8 @@ impl Runner {
                 continue;
             }
 
-            if ready && (!acks.is_empty() || may_take) {
+            let counts_due = successes.iter().any(|n| *n > 0) && counted_at.elapsed() >= COUNT_LAG;
+            if ready && (!acks.is_empty() || may_take || counts_due) {
                 if may_take
                     && self.queues.is_dynamic()
                     && refreshed_at.is_none_or(|t| t.elapsed() >= QUEUE_REFRESH)
@@ -286,11 +314,28 @@ impl Runner {
                 let now = Utc::now();
                 skipped.retain(|(_, until)| *until > Instant::now());
                 let limits = self.take_limits(&in_flight, &skipped);
-                let reply = match self
-                    .store
-                    .step(&ack_list, &take, &queues, &limits, now)
-                    .await
-                {
+                let flush_counts = counted_at.elapsed() >= COUNT_LAG || stopping.is_some();
+                let counts: Vec<(&WorkerId, u64)> = if flush_counts {
+                    successes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(i, n)| (&self.slots[i], *n))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let process = self.recoverer.me.field();
+                let request = StepRequest {
+                    acks: &ack_list,
+                    counts: &counts,
+                    free: &take,
+                    queues: &queues,
+                    limits: &limits,
+                    process: &process,
+                    now,
+                };
+                let reply = match self.store.step(&request).await {
                     Ok(reply) => reply,
                     Err(e) => {
                         // The acks stay pending and are retried: an ack that
@@ -305,9 +350,20 @@ impl Runner {
                 };
                 retry_at = None;
                 backoff = RETRY_MIN;
+                if flush_counts {
+                    successes.iter_mut().for_each(|n| *n = 0);
+                    counted_at = Instant::now();
+                }
                 for (&i, applied) in acks.iter().zip(&reply.applied) {
                     if *applied {
                         performed += 1;
+                        if let Slot::Acking(Ack {
+                            kind: AckKind::Done,
+                            ..
+                        }) = &slots[i]
+                        {
+                            successes[i] += 1;
+                        }
                     } else {
                         warn!(worker = %self.slots[i].id, "status no longer holds the job (recovered elsewhere?); outcome not recorded");
                     }
@@ -343,8 +399,14 @@ impl Runner {
                     } else {
                         self.interval
                     };
+                    // Taken for dead: wait for the heartbeat to register us.
+                    let wait = if reply.unregistered {
+                        LIMITED_POLL
+                    } else {
+                        wait
+                    };
                     next_poll = Instant::now() + wait;
-                    if !draining && !reply.paused && !limited {
+                    if !draining && !reply.paused && !reply.unregistered && !limited {
                         waiters.arm();
                     }
                 }
@@ -414,6 +476,8 @@ impl Runner {
                     }
                 },
                 _ = wake.notified(), if idle => { idle = false; }
+                // Batched per-worker counts must not wait longer than COUNT_LAG.
+                _ = tokio::time::sleep_until(counted_at + COUNT_LAG), if successes.iter().any(|n| *n > 0) => {}
                 _ = tokio::time::sleep_until(next_poll), if idle => { idle = false; }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && running => {

@@ -18,8 +18,9 @@ use tracing::{info, warn};
 use crate::error::Result;
 use crate::resque::{Failure, Job, ProcessId, Recovered, Recovery, Store, payload};
 
-/// How long the recovery lock is held at most (released when done).
-const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long the recovery lock is held at most (released when done; a
+/// recoverer killed mid-way blocks the others this long).
+const LOCK_TTL: Duration = Duration::from_secs(10);
 /// How long recoveries of one payload are counted for the poison limit.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 

@@ -4,7 +4,7 @@
 -- exactly the value written when the job was taken (a fence: a worker taken
 -- for dead and recovered records nothing twice). An applied ack deletes the
 -- status key and, by kind:
---   'ok'    counts the job;
+--   'ok'    counts the job (globally here; per worker in the batched counts);
 --   'fail'  also pushes the failure record `data` and counts the failure;
 --   'back'  puts the payload back at the head of queue `data`, counts nothing;
 --   'later' schedules the payload `data` seconds from now, counts nothing;
@@ -16,10 +16,11 @@
 -- actionHero recurring re-enqueue ({"recur":{queue, payload, secs, ns}}).
 --
 -- ARGV: prefix, n_acks, {id, name, expected, kind, data, raw, extra} * n_acks,
---       run_at, n_takes, {id, status_tail} * n_takes,
+--       n_counts, {id, name, successes} * n_counts, run_at, n_takes, {id, status_tail} * n_takes,
 --       n_queues, {queue, queue_json} * n_queues,
---       n_limits, {remaining, n_patterns, pattern...} * n_limits
--- Returns: {paused, {applied 1|0 per ack},
+--       n_limits, {remaining, n_patterns, pattern...} * n_limits, process
+-- Returns: {paused (1: pause-all-workers, 2: this process is not registered),
+--           {applied 1|0 per ack},
 --           {slot, queue_index, job, status or "", class or ""} ...}
 local SCAN_DEPTH = 100
 local prefix = ARGV[1]
@@ -78,9 +79,10 @@ for a = 1, n_acks do
       schedule(raw, unix_now() + tonumber(data), false)
     elseif kind == 'ok' or kind == 'fail' then
       processed = processed + 1
-      redis.call('INCR', prefix .. 'stat:processed:' .. id)
-      redis.call('INCR', prefix .. 'stat:processed:' .. name)
+      -- A success's per-worker count comes batched (see below).
       if kind == 'fail' then
+        redis.call('INCR', prefix .. 'stat:processed:' .. id)
+        redis.call('INCR', prefix .. 'stat:processed:' .. name)
         failed = failed + 1
         redis.call('RPUSH', prefix .. 'failed', data)
         redis.call('INCR', prefix .. 'stat:failed:' .. id)
@@ -113,6 +115,17 @@ for a = 1, n_acks do
 end
 if processed > 0 then redis.call('INCRBY', prefix .. 'stat:processed', processed) end
 if failed > 0 then redis.call('INCRBY', prefix .. 'stat:failed', failed) end
+
+-- Per-worker success counts, batched by the worker (at most a second
+-- late): {id, name, count} * n. Two INCRBYs per slot and second instead of
+-- two INCRs per job.
+local n_counts = tonumber(ARGV[i]); i = i + 1
+for c = 1, n_counts do
+  local id, name, n = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  redis.call('INCRBY', prefix .. 'stat:processed:' .. id, n)
+  redis.call('INCRBY', prefix .. 'stat:processed:' .. name, n)
+end
 
 local run_at = ARGV[i]; i = i + 1
 local n_takes = tonumber(ARGV[i]); i = i + 1
@@ -156,6 +169,16 @@ local function inspect(job)
   return true, decoded['class']
 end
 
+-- Without limits the class is not needed: a payload that starts with `{`
+-- and ends with `}` is spliced in as is (the worker still parses it fully
+-- and fails what is not JSON); only others are decoded. This saves a
+-- decode per job on the hot path.
+local function looks_like_object(job)
+  return string.byte(job, 1) == 123 and string.byte(job, -1) == 125
+end
+
+local process = ARGV[i] or ''; i = i + 1
+
 local paused = 0
 local taken = {}
 if n_takes > 0 then
@@ -163,16 +186,28 @@ if n_takes > 0 then
   if pause and string.lower(string.match(pause, '^%s*(.-)%s*$')) == 'true' then
     paused = 1
     n_takes = 0
+  elseif process ~= '' and redis.call('HEXISTS', prefix .. 'ah-worker:processes', process) == 0 then
+    -- This process was taken for dead and recovered: take nothing until it
+    -- registers again, or jobs would sit in status keys nobody recovers.
+    paused = 2
+    n_takes = 0
   end
 end
 local q = 1
+local heads = {}
 for s = 1, n_takes do
   local job, well_formed, class
   while q <= n_queues and not job do
     local key = prefix .. 'queue:' .. ARGV[queues_at + 2 * (q - 1)]
     if not used_up() then
       job = redis.call('LPOP', key)
-      if job then well_formed, class = inspect(job) end
+      if job then
+        if n_limits == 0 and looks_like_object(job) then
+          well_formed = true
+        else
+          well_formed, class = inspect(job)
+        end
+      end
     else
       for _, item in ipairs(redis.call('LRANGE', key, 0, SCAN_DEPTH - 1)) do
         local wf, c = inspect(item)
@@ -191,7 +226,11 @@ for s = 1, n_takes do
   if limit then limit.remaining = limit.remaining - 1 end
   local id = ARGV[slots_at + 2 * (s - 1)]
   local tail = ARGV[slots_at + 2 * (s - 1) + 1]
-  local head = '{"queue":' .. ARGV[queues_at + 2 * (q - 1) + 1] .. ',"run_at":"' .. run_at .. '","payload":'
+  local head = heads[q]
+  if not head then
+    head = '{"queue":' .. ARGV[queues_at + 2 * (q - 1) + 1] .. ',"run_at":"' .. run_at .. '","payload":'
+    heads[q] = head
+  end
   local status = ''
   if well_formed then
     redis.call('SET', prefix .. 'worker:' .. id, head .. job .. tail)
