@@ -378,3 +378,35 @@ fn a_million_queued_jobs_cost_no_more_memory_than_none() {
         "RSS with a million queued jobs {full} kB vs empty {empty} kB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_resques_stuck_worker_cleanup_leaves_a_live_ah_worker_alone() {
+    let mut t = Ns::new("nodestuck");
+    // node-resque's scheduler cleans workers whose ping is older than its
+    // stuckWorkerTimeout (here 4 s); ah-worker pings well inside it.
+    let mut config = t.config(&["q"], 1);
+    config.heartbeat_interval = Duration::from_secs(1);
+    let w = InProcess::builtin(config);
+    let id = format!("{}:{}+1:q", host(), std::process::id());
+    wait_for_async(10, "registration", || {
+        t.conn.sismember(t.key("workers"), &id).unwrap()
+    })
+    .await;
+    let node = t
+        .node_cmd(&["scheduler", "node-sched:1", "5", "4000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        t.conn
+            .sismember::<_, _, bool>(t.key("workers"), &id)
+            .unwrap(),
+        "node-resque cleaned a live ah-worker"
+    );
+    assert!(t.failures().is_empty(), "{:?}", t.failures());
+    signal(&node, "TERM");
+    let _ = tokio::task::spawn_blocking(move || wait_output(node, 20)).await;
+    w.stop().await;
+}

@@ -22,7 +22,7 @@
 //   failed-count                    -> {"count":N}
 //   remove-failed INDEX             -> {"removed":N}  (removeFailed of the entry at INDEX)
 //   enqueue-at TS_MS QUEUE CLASS ARGS_JSON -> {"ok":true}  (queue.enqueueAt)
-//   scheduler NAME LOCK_SECONDS     -> {"ok":true,"leader_rounds":N}
+//   scheduler NAME LOCK_SECONDS [STUCK_MS] -> {"ok":true,"leader_rounds":N}
 //     Runs a node-resque Scheduler (poll 100 ms, leader lock TTL LOCK_SECONDS)
 //     until SIGTERM/SIGINT, then scheduler.end().
 //   worker QUEUES_CSV NAME          -> {"ok":true,"performed":N}
@@ -222,14 +222,14 @@ async function runWorker(args) {
 }
 
 async function runScheduler(args) {
-  needArgs(args, 2, "NAME LOCK_SECONDS");
-  const [name, lockSeconds] = args;
+  needArgs(args, 2, "NAME LOCK_SECONDS [STUCK_WORKER_TIMEOUT_MS]");
+  const [name, lockSeconds, stuckMs] = args;
   const scheduler = new Scheduler({
     connection: connectionOptions(),
     name,
     timeout: 100,
     leaderLockTimeout: toCount(lockSeconds, "LOCK_SECONDS"),
-    stuckWorkerTimeout: 3600000,
+    stuckWorkerTimeout: stuckMs ? toCount(stuckMs, "STUCK_WORKER_TIMEOUT_MS") : 3600000,
   });
   scheduler.on("error", (error) => process.stderr.write(`peer.js scheduler error: ${error && error.stack ? error.stack : error}\n`));
   let leaderRounds = 0;
