@@ -83,7 +83,7 @@ async fn node_resque_queue_reads_our_workers_jobs_stats_and_failures() {
 #[tokio::test(flavor = "multi_thread")]
 async fn node_worker_and_ah_worker_drain_one_queue_exactly_once() {
     let mut t = Ns::new("nodedrain");
-    const N: usize = 600;
+    const N: usize = 300;
     let n = N.to_string();
     t.node(&["enqueue-many", "shared", "CountJob", &n]);
 
@@ -121,7 +121,7 @@ async fn node_worker_and_ah_worker_drain_one_queue_exactly_once() {
     let mut config = t.config(&["shared"], 4);
     config.interval = Duration::ZERO;
     let report = InProcess::start(config, registry).join().await;
-    let out = tokio::task::spawn_blocking(move || wait_output(node, 60))
+    let out = tokio::task::spawn_blocking(move || wait_output(node, 150))
         .await
         .unwrap();
     assert!(
