@@ -26,6 +26,25 @@ fn running_status(t: &mut Ns, pid: u32) -> Option<String> {
     t.conn.get(t.key(&key)).ok()
 }
 
+/// Start a one-slot worker on queue `q` with `grace` as its shutdown
+/// timeout and wait until its first job runs.
+fn start_one_job(t: &mut Ns, grace: &str) -> Child {
+    let child = spawn(
+        t,
+        &[
+            "--queues",
+            "q",
+            "--concurrency",
+            "1",
+            "--shutdown-timeout",
+            grace,
+        ],
+    );
+    let pid = child.id();
+    wait_for(10, "the job to start", || running_status(t, pid).is_some());
+    child
+}
+
 const SLEEP_30: &str = r#"{"class":"AhWorker::Sleep","args":[30]}"#;
 
 fn stop_puts_back(sig: &str) {
@@ -81,21 +100,7 @@ fn int_puts_a_job_still_running_at_the_deadline_back_at_the_head() {
 fn term_lets_a_short_job_finish_within_the_timeout() {
     let mut t = Ns::new("termfinish");
     t.push("q", br#"{"class":"AhWorker::Sleep","args":[1]}"#);
-    let child = spawn(
-        &t,
-        &[
-            "--queues",
-            "q",
-            "--concurrency",
-            "1",
-            "--shutdown-timeout",
-            "20s",
-        ],
-    );
-    let pid = child.id();
-    wait_for(10, "the job to start", || {
-        running_status(&mut t, pid).is_some()
-    });
+    let child = start_one_job(&mut t, "20s");
     signal(&child, "TERM");
     let out = wait_output(child, 20);
     assert!(out.status.success());
@@ -109,21 +114,7 @@ fn quit_finishes_running_jobs_past_the_shutdown_timeout() {
     let mut t = Ns::new("quit");
     t.push("q", br#"{"class":"AhWorker::Sleep","args":[2]}"#);
     t.push("q", br#"{"class":"AhWorker::Noop","args":[]}"#);
-    let child = spawn(
-        &t,
-        &[
-            "--queues",
-            "q",
-            "--concurrency",
-            "1",
-            "--shutdown-timeout",
-            "0",
-        ],
-    );
-    let pid = child.id();
-    wait_for(10, "the job to start", || {
-        running_status(&mut t, pid).is_some()
-    });
+    let child = start_one_job(&mut t, "0");
     signal(&child, "QUIT");
     let out = wait_output(child, 20);
     assert!(out.status.success());
