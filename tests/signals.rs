@@ -51,21 +51,7 @@ fn stop_puts_back(sig: &str) {
     let mut t = Ns::new(&format!("stop{sig}"));
     t.push("q", SLEEP_30.as_bytes());
     t.push("q", br#"{"class":"AhWorker::Noop","args":["second"]}"#);
-    let child = spawn(
-        &t,
-        &[
-            "--queues",
-            "q",
-            "--concurrency",
-            "1",
-            "--shutdown-timeout",
-            "1s",
-        ],
-    );
-    let pid = child.id();
-    wait_for(10, "the sleep job to start", || {
-        running_status(&mut t, pid).is_some()
-    });
+    let child = start_one_job(&mut t, "1s");
     signal(&child, sig);
     let out = wait_output(child, 15);
     assert!(
