@@ -375,11 +375,8 @@ async fn connect_retrying(
         let attempt = tokio::select! {
             r = connect(config) => r,
             msg = control.recv() => {
-                match msg {
-                    Some(Control::Stop | Control::StopAfterJobs) | None => anyhow::bail!("stopped before redis answered"),
-                    Some(Control::Pause) => *paused = true,
-                    Some(Control::Resume) => *paused = false,
-                    Some(Control::CancelJobs) => {}
+                if Control::before_start(msg, paused) {
+                    anyhow::bail!("stopped before redis answered");
                 }
                 continue;
             }
@@ -393,11 +390,10 @@ async fn connect_retrying(
         // Cancel-safety: nothing runs yet; a stop just ends the wait.
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            msg = control.recv() => match msg {
-                Some(Control::Stop | Control::StopAfterJobs) | None => anyhow::bail!("stopped before redis answered"),
-                Some(Control::Pause) => *paused = true,
-                Some(Control::Resume) => *paused = false,
-                Some(Control::CancelJobs) => {}
+            msg = control.recv() => {
+                if Control::before_start(msg, paused) {
+                    anyhow::bail!("stopped before redis answered");
+                }
             }
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(5));

@@ -22,6 +22,22 @@ pub enum Control {
     Resume,
 }
 
+impl Control {
+    /// Apply a command received before the worker runs (while waiting for
+    /// Redis): pause and resume set `paused`, a cancel has nothing to act
+    /// on. Returns `true` for a stop (or a gone controller), which ends the
+    /// start-up.
+    pub fn before_start(msg: Option<Control>, paused: &mut bool) -> bool {
+        match msg {
+            Some(Control::Stop | Control::StopAfterJobs) | None => return true,
+            Some(Control::Pause) => *paused = true,
+            Some(Control::Resume) => *paused = false,
+            Some(Control::CancelJobs) => {}
+        }
+        false
+    }
+}
+
 /// The sending side, cloneable.
 #[derive(Debug, Clone)]
 pub struct Controller(mpsc::UnboundedSender<Control>);

@@ -61,6 +61,7 @@ pub struct Cache {
     holder: String,
     stats: Stats,
     cas: redis::Script,
+    unlock: redis::Script,
 }
 
 /// Replace a hash field only if it still holds the value read (a concurrent
@@ -69,6 +70,13 @@ const CAS: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1";
+
+/// Release a lock held by `ARGV[1]` (or already gone); 0 if someone else holds it.
+const UNLOCK: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 1 end
+if v == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0";
 
 impl Cache {
     pub(super) fn new(conn: redis::aio::ConnectionManager, s: &Settings, stats: Stats) -> Cache {
@@ -81,6 +89,7 @@ impl Cache {
             holder: s.server_id.clone(),
             stats,
             cas: redis::Script::new(CAS),
+            unlock: redis::Script::new(UNLOCK),
         }
     }
 
@@ -238,10 +247,8 @@ impl Cache {
     pub async fn unlock(&self, key: &str) -> crate::Result<bool> {
         let k = format!("{}{key}", self.lock_prefix);
         let mut conn = self.conn.clone();
-        let script = redis::Script::new(
-            "local v = redis.call('GET', KEYS[1]) if not v then return 1 end if v == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end return 0",
-        );
-        let n: i64 = script
+        let n: i64 = self
+            .unlock
             .key(&k)
             .arg(&self.holder)
             .invoke_async(&mut conn)

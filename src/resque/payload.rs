@@ -255,17 +255,11 @@ pub fn encode_job_verbatim_args(class: &str, queue: &str, args: &Value) -> Strin
 /// `{"class":"C","queue":"q","args":[...]}`, compact, keys in that order; a
 /// non-array `args` is wrapped in an array, as node-resque does since 0.8.
 pub fn encode_job(class: &str, queue: &str, args: Value) -> String {
-    #[derive(Serialize)]
-    struct Payload<'a> {
-        class: &'a str,
-        queue: &'a str,
-        args: Value,
-    }
     let args = match args {
         Value::Array(a) => Value::Array(a),
         other => Value::Array(vec![other]),
     };
-    serde_json::to_string(&Payload { class, queue, args }).expect("JSON values always serialise")
+    encode_job_verbatim_args(class, queue, &args)
 }
 
 /// An entry of ah-worker's process registry (`ah-worker:processes`): the

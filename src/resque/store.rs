@@ -218,8 +218,14 @@ impl Store {
             scripts: std::sync::Arc::new(Scripts {
                 step: Script::new(include_str!("scripts/step.lua")),
                 put_back: Script::new(include_str!("scripts/put_back.lua")),
-                unregister: Script::new(include_str!("scripts/unregister.lua")),
-                recover: Script::new(include_str!("scripts/recover.lua")),
+                unregister: Script::new(concat!(
+                    include_str!("scripts/deregister.lua"),
+                    include_str!("scripts/unregister.lua")
+                )),
+                recover: Script::new(concat!(
+                    include_str!("scripts/deregister.lua"),
+                    include_str!("scripts/recover.lua")
+                )),
                 unlock: Script::new(
                     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
                 ),
@@ -488,24 +494,20 @@ impl Store {
 
     /// Take the recovery lock for `ttl` if nobody holds it.
     pub async fn lock_recovery(&self, owner: &str, ttl: Duration) -> Result<bool> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.recovery_lock())
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
-            .await?;
-        Ok(set.is_some())
+        self.try_lock(&self.keys.recovery_lock(), owner, ttl).await
     }
 
     /// Release the recovery lock if `owner` still holds it.
     pub async fn unlock_recovery(&self, owner: &str) -> Result<()> {
+        self.release(self.keys.recovery_lock(), owner).await
+    }
+
+    /// Delete lock `key` only if `owner` still holds it.
+    async fn release(&self, key: String, owner: &str) -> Result<()> {
         let mut conn = self.conn.clone();
         self.scripts
             .unlock
-            .key(self.keys.recovery_lock())
+            .key(key)
             .arg(owner)
             .invoke_async::<i64>(&mut conn)
             .await?;
@@ -582,14 +584,7 @@ impl Store {
 
     /// Give up the leader lock if `name` holds it.
     pub async fn resign(&self, name: &str) -> Result<()> {
-        let mut conn = self.conn.clone();
-        self.scripts
-            .unlock
-            .key(self.keys.leader_lock())
-            .arg(name)
-            .invoke_async::<i64>(&mut conn)
-            .await?;
-        Ok(())
+        self.release(self.keys.leader_lock(), name).await
     }
 
     /// Who holds the leader lock.
@@ -701,14 +696,14 @@ impl Store {
         Ok(out)
     }
 
-    /// `SET key value EX ttl NX`: take a lock atomically, always with a TTL.
+    /// `SET key value PX ttl NX`: take a lock atomically, always with a TTL.
     pub async fn try_lock(&self, key: &str, value: &str, ttl: Duration) -> Result<bool> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(key)
             .arg(value)
-            .arg("EX")
-            .arg(ttl.as_secs().max(1))
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
             .arg("NX")
             .query_async(&mut conn)
             .await?;

@@ -160,13 +160,10 @@ impl Runner {
             // Cancel-safety: nothing is taken yet; a stop just ends the wait.
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                msg = control.recv() => match msg {
-                    Some(Control::Stop | Control::StopAfterJobs) | None => {
+                msg = control.recv() => {
+                    if Control::before_start(msg, paused) {
                         return Err(crate::Error::Protocol("stopped before redis answered".into()));
                     }
-                    Some(Control::Pause) => *paused = true,
-                    Some(Control::Resume) => *paused = false,
-                    Some(Control::CancelJobs) => {}
                 }
             }
             delay = (delay * 2).min(RETRY_MAX);
@@ -611,16 +608,15 @@ impl Runner {
         {
             ah.count_task(&job.class, matches!(outcome, Outcome::Failed(_)));
         }
+        // An unknown class is failed by `ack_for` unless it goes back for
+        // the other workers sharing the queue.
         let outcome = match outcome {
-            Outcome::Unknown(class) => match self.unknown_class {
-                UnknownClass::Fail => Outcome::Failed(UnknownClass::failure(&class)),
-                UnknownClass::Requeue => {
-                    let pause = self.interval.max(Duration::from_secs(1));
-                    info!(class, queue = %r.queue, skip_for = ?pause, "unknown class put back for other workers");
-                    skipped.push((class.clone(), Instant::now() + pause));
-                    Outcome::PutBack(format!("no handler for class {class}"))
-                }
-            },
+            Outcome::Unknown(class) if self.unknown_class == UnknownClass::Requeue => {
+                let pause = self.interval.max(Duration::from_secs(1));
+                info!(class, queue = %r.queue, skip_for = ?pause, "unknown class put back for other workers");
+                skipped.push((class.clone(), Instant::now() + pause));
+                Outcome::PutBack(format!("no handler for class {class}"))
+            }
             other => other,
         };
         let ack = self.ack_for(&self.slots[i], r, outcome, job);

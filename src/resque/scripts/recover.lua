@@ -41,10 +41,5 @@ if current then
   end
   redis.call('DEL', key)
 end
-redis.call('SREM', prefix .. 'workers', id)
-redis.call('HDEL', prefix .. 'workers:heartbeat', id)
-redis.call('DEL', prefix .. 'worker:' .. id .. ':started',
-  prefix .. 'worker:ping:' .. name,
-  prefix .. 'stat:processed:' .. id, prefix .. 'stat:failed:' .. id,
-  prefix .. 'stat:processed:' .. name, prefix .. 'stat:failed:' .. name)
+deregister(prefix, id, name)
 return result

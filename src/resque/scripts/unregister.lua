@@ -1,5 +1,4 @@
--- Remove worker registrations: exactly the keys Ruby Resque's
--- unregister_worker and node-resque's untrack delete. A worker whose status
+-- Remove worker registrations (see deregister.lua). A worker whose status
 -- key still holds a job is left registered, so the job is not dropped and
 -- recovery can find it.
 --
@@ -11,12 +10,7 @@ for i = 2, #ARGV, 2 do
   if redis.call('EXISTS', prefix .. 'worker:' .. id) == 1 then
     kept[#kept + 1] = id
   else
-    redis.call('SREM', prefix .. 'workers', id)
-    redis.call('HDEL', prefix .. 'workers:heartbeat', id)
-    redis.call('DEL', prefix .. 'worker:' .. id .. ':started',
-      prefix .. 'worker:ping:' .. name,
-      prefix .. 'stat:processed:' .. id, prefix .. 'stat:failed:' .. id,
-      prefix .. 'stat:processed:' .. name, prefix .. 'stat:failed:' .. name)
+    deregister(prefix, id, name)
   end
 end
 return kept
