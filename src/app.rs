@@ -401,7 +401,7 @@ async fn connect_retrying(
 }
 
 async fn connect(config: &Config) -> anyhow::Result<Store> {
-    Store::connect(&config.redis_url, &config.namespace)
+    Store::connect(&config.redis, &config.namespace)
         .await
         .with_context(|| format!("cannot connect to Redis at {}", redacted(&config.redis_url)))
 }

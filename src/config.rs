@@ -61,6 +61,17 @@ pub enum ConfigError {
         /// What would have been accepted.
         expected: &'static str,
     },
+    /// The Redis URL or its TLS files cannot be used. The URL itself is
+    /// never shown: it may hold a password.
+    #[error(
+        "invalid Redis URL (from {source_name}): {message}; expected a URL like redis://[user:password@]host:6379/0, rediss://… or redis+sentinel://host:26379/master"
+    )]
+    Redis {
+        /// Flag, environment variable or file the URL came from.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The config file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -105,8 +116,11 @@ pub enum LogFormat {
 /// The validated settings of a worker process.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Redis URL.
+    /// Redis URL as given (for messages: pass it through
+    /// [`crate::app::redacted`]).
     pub redis_url: String,
+    /// Where Redis is, parsed from the URL and the TLS files.
+    pub redis: crate::connection::Target,
     /// Key namespace (`resque`).
     pub namespace: String,
     /// Queue entries as configured: names, `*`/glob patterns, `!exclusions`.
@@ -158,6 +172,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     redis: Option<String>,
+    redis_tls_ca: Option<PathBuf>,
+    redis_tls_cert: Option<PathBuf>,
+    redis_tls_key: Option<PathBuf>,
     namespace: Option<String>,
     queues: Option<QueueList>,
     concurrency: Option<toml::Value>,
@@ -256,13 +273,22 @@ impl Config {
             file.redis.clone(),
             "redis",
         );
-        let redis_url = match redis {
-            Some(raw) => {
-                check_redis_url(&raw)?;
-                raw.value
-            }
-            None => DEFAULT_REDIS_URL.to_owned(),
+        let tls_file =
+            |name: &str, file_value: Option<PathBuf>| env(name).map(PathBuf::from).or(file_value);
+        let tls = crate::connection::TlsFiles {
+            ca: tls_file("AH_WORKER_REDIS_TLS_CA", file.redis_tls_ca.clone()),
+            cert: tls_file("AH_WORKER_REDIS_TLS_CERT", file.redis_tls_cert.clone()),
+            key: tls_file("AH_WORKER_REDIS_TLS_KEY", file.redis_tls_key.clone()),
         };
+        let (redis_url, from) = match redis {
+            Some(raw) => (raw.value, raw.from),
+            None => (DEFAULT_REDIS_URL.to_owned(), "the default".to_owned()),
+        };
+        let redis_target =
+            crate::connection::Target::new(&redis_url, &tls).map_err(|e| ConfigError::Redis {
+                source_name: from,
+                message: e.to_string(),
+            })?;
 
         let namespace = match pick(
             &args.namespace,
@@ -579,6 +605,7 @@ impl Config {
 
         Ok(Config {
             redis_url,
+            redis: redis_target,
             namespace,
             queues,
             concurrency,
@@ -656,22 +683,6 @@ fn toml_scalar(v: toml::Value) -> String {
     match v {
         toml::Value::String(s) => s,
         other => other.to_string(),
-    }
-}
-
-fn check_redis_url(raw: &Raw) -> Result<(), ConfigError> {
-    let ok = redis::parse_redis_url(raw.value.trim()).is_some()
-        && redis::Client::open(raw.value.trim()).is_ok();
-    if ok {
-        Ok(())
-    } else {
-        // The value may hold a password: name the source, never echo it.
-        Err(ConfigError::Invalid {
-            what: "Redis URL",
-            value: "<hidden>".into(),
-            source_name: raw.from.clone(),
-            expected: "a URL like redis://[user:password@]host:6379/0",
-        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`actionhero`] — actionHero's shared cache, stats and chat rooms.
 //! - [`cli`] — command-line flags.
 //! - [`config`] — flags, environment and config file merged into one validated [`config::Config`].
+//! - [`connection`] — where Redis is: URL forms, TLS, following a Sentinel master.
 //! - [`resque`] — the Resque / node-resque contract: keys, payloads, Redis operations.
 //! - [`handler`] — the [`handler::Handler`] trait, the class registry, built-in handlers.
 //! - [`plugin`] — handler plugins in any language: exec, coprocess, http.
@@ -30,6 +31,7 @@ pub mod actionhero;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod glob;
 pub mod handler;

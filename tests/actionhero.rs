@@ -39,7 +39,7 @@ async fn ours(t: &Ns, server_id: &str) -> ActionHero {
     s.prefix = prefix(t);
     s.lock_prefix = format!("{}:lock:", s.prefix);
     s.stats_keys = vec![format!("{}:stats", s.prefix)];
-    let store = ah_worker::resque::Store::connect(&t.url, &t.ns)
+    let store = ah_worker::resque::Store::connect(&t.target(), &t.ns)
         .await
         .unwrap();
     ActionHero::new(store.connection(), &s)
@@ -287,7 +287,7 @@ async fn chat_room_members_round_trip_in_both_layouts() {
     let mut s = Settings::seed("ah-worker-1");
     s.room_layout = ah_worker::actionhero::RoomLayout::MemberLists;
     s.room_members_key = format!("{}:roomMembers:{{room}}", t.ns);
-    let store = ah_worker::resque::Store::connect(&t.url, &t.ns)
+    let store = ah_worker::resque::Store::connect(&t.target(), &t.ns)
         .await
         .unwrap();
     let old = ActionHero::new(store.connection(), &s);

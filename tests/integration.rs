@@ -12,6 +12,7 @@ mod plugins;
 mod policies;
 mod props;
 mod recovery;
+mod redis_setups;
 mod scheduler;
 mod signals;
 mod wire;

@@ -53,7 +53,7 @@ pub struct CacheEntry {
 /// The cache.
 #[derive(Clone)]
 pub struct Cache {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::connection::Conn,
     layout: CacheLayout,
     hash: String,
     string_prefix: String,
@@ -79,7 +79,7 @@ if v == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0";
 
 impl Cache {
-    pub(super) fn new(conn: redis::aio::ConnectionManager, s: &Settings, stats: Stats) -> Cache {
+    pub(super) fn new(conn: crate::connection::Conn, s: &Settings, stats: Stats) -> Cache {
         Cache {
             conn,
             layout: s.cache_layout,

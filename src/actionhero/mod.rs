@@ -164,7 +164,7 @@ pub struct ActionHero {
 
 impl ActionHero {
     /// State on `conn` with `settings`.
-    pub fn new(conn: redis::aio::ConnectionManager, settings: &Settings) -> ActionHero {
+    pub fn new(conn: crate::connection::Conn, settings: &Settings) -> ActionHero {
         let stats = Stats::new(conn.clone(), settings.stats_keys.clone());
         ActionHero {
             cache: Cache::new(conn.clone(), settings, stats.clone()),
@@ -197,7 +197,7 @@ pub(crate) fn now_ms() -> i64 {
 
 /// Every key matching `pattern` (SCAN, never KEYS).
 pub(crate) async fn scan(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Conn,
     pattern: &str,
 ) -> crate::Result<Vec<String>> {
     let mut cursor: u64 = 0;

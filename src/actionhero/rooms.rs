@@ -21,7 +21,7 @@ pub enum RoomLayout {
 /// The chat rooms.
 #[derive(Clone)]
 pub struct Rooms {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::connection::Conn,
     layout: RoomLayout,
     prefix: String,
     members_template: String,
@@ -29,7 +29,7 @@ pub struct Rooms {
 }
 
 impl Rooms {
-    pub(super) fn new(conn: redis::aio::ConnectionManager, s: &Settings) -> Rooms {
+    pub(super) fn new(conn: crate::connection::Conn, s: &Settings) -> Rooms {
         Rooms {
             conn,
             layout: s.room_layout,

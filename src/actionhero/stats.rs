@@ -13,14 +13,14 @@ use tracing::{Instrument as _, info_span, warn};
 /// The stats buffer.
 #[derive(Clone)]
 pub struct Stats {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::connection::Conn,
     keys: Vec<String>,
     pending: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl Stats {
     /// A buffer flushing to `keys`.
-    pub fn new(conn: redis::aio::ConnectionManager, keys: Vec<String>) -> Stats {
+    pub fn new(conn: crate::connection::Conn, keys: Vec<String>) -> Stats {
         Stats {
             conn,
             keys,

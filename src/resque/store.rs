@@ -4,20 +4,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncCommands, Client, Script, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, Script, Value};
 
 use super::WorkerId;
 use super::keys::Keys;
 use super::payload;
+use crate::connection::{Conn, Target};
 use crate::error::{Error, Result};
-
-/// How long one command may take before the connection is taken for broken.
-/// Generous: a step moving large payloads is one command.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long to wait for a TCP connection to Redis.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A finished job to record in the next [`Store::step`].
 #[derive(Debug, Clone)]
@@ -130,8 +124,8 @@ pub struct StepReply {
 /// The Resque store of one namespace.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    conn: ConnectionManager,
+    target: Target,
+    conn: Conn,
     keys: Keys,
     /// Shared: a `Script` holds its whole source, and handles are cloned for
     /// every job.
@@ -203,16 +197,11 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connect to the Redis at `url` and use keys under `namespace`.
-    pub async fn connect(url: &str, namespace: &str) -> Result<Store> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(RESPONSE_TIMEOUT)
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_max_delay(2_000);
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+    /// Connect to `target` and use keys under `namespace`.
+    pub async fn connect(target: &Target, namespace: &str) -> Result<Store> {
+        let conn = target.connect().await?;
         Ok(Store {
-            client,
+            target: target.clone(),
             conn,
             keys: Keys::new(namespace),
             scripts: std::sync::Arc::new(Scripts {
@@ -239,7 +228,7 @@ impl Store {
 
     /// The shared connection, for the other contracts' modules
     /// (`actionhero`) that keep their own keys on the same Redis.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -251,7 +240,7 @@ impl Store {
     /// A connection of its own for blocking waits, which would stall the
     /// shared multiplexed connection.
     pub async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
-        Ok(self.client.get_multiplexed_async_connection().await?)
+        Ok(self.target.dedicated().await?)
     }
 
     /// Redis's clock (`TIME`), so heartbeats compare with what Ruby's pruning

@@ -78,11 +78,34 @@ impl Drop for RedisGuard {
 /// Start a `redis-server` on `port` with `extra` arguments; waits until it
 /// answers PING.
 pub fn start_redis(port: u16, extra: &[&str]) -> RedisGuard {
+    start_server(
+        &format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {}",
+            extra.join(" ")
+        ),
+        port,
+    )
+}
+
+/// Start a `redis-sentinel` on `port` with the config file `conf` (which
+/// it rewrites); waits until it answers PING.
+pub fn start_sentinel(port: u16, conf: &Path) -> RedisGuard {
+    start_server(
+        &format!(
+            "redis-sentinel {} --port {port} --bind 127.0.0.1",
+            conf.display()
+        ),
+        port,
+    )
+}
+
+/// Run the server `command` (listening on plain TCP `port`) under a guard
+/// shell that stops it when this test process exits.
+fn start_server(command: &str, port: u16) -> RedisGuard {
     use std::io::BufRead as _;
     let script = format!(
-        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {} >/dev/null 2>&1 & r=$!; echo $r; \
+        "{command} >/dev/null 2>&1 & r=$!; echo $r; \
          while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; kill $r 2>/dev/null",
-        extra.join(" "),
         parent = std::process::id()
     );
     let mut guard = Command::new("sh")
@@ -114,7 +137,7 @@ pub fn start_redis(port: u16, extra: &[&str]) -> RedisGuard {
         }
         assert!(
             Instant::now() < deadline,
-            "redis-server did not start on port {port} (is it installed? scripts/install-deps)"
+            "{command} did not start (is it installed? scripts/install-deps)"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -148,6 +171,11 @@ impl Ns {
             .get_connection()
             .unwrap();
         Ns { ns, url, conn }
+    }
+
+    /// Where the test server is, for the library's connection types.
+    pub fn target(&self) -> ah_worker::connection::Target {
+        ah_worker::connection::Target::new(&self.url, &Default::default()).unwrap()
     }
 
     /// Open a new connection (after the server restarted).
@@ -220,6 +248,7 @@ impl Ns {
     pub fn config(&self, queues: &[&str], concurrency: usize) -> Config {
         Config {
             redis_url: self.url.clone(),
+            redis: self.target(),
             namespace: self.ns.clone(),
             queues: queues.iter().map(|s| s.to_string()).collect(),
             concurrency,
