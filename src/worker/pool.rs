@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -25,7 +28,9 @@ use super::wake::Waiters;
 use super::{Outcome, UnknownClass, execute};
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
-use crate::resque::{Ack, AckKind, Failure, Job, StepRequest, Store, TakeLimit, WorkerId, payload};
+use crate::resque::{
+    Ack, AckKind, Failure, Job, StepReply, StepRequest, Store, TakeLimit, WorkerId, payload,
+};
 use crate::shutdown::{Control, StopReason, StopReport};
 
 /// Longest delay of the batched per-worker success counters
@@ -85,6 +90,57 @@ enum Slot {
     Running(Running),
     /// Finished; the ack is waiting for the next step.
     Acking(Ack),
+    /// In a step in flight: its ack, a take for it, or both.
+    Stepping,
+}
+
+/// A step in flight: what it carries, to apply its reply (or, when it
+/// fails, to put every ack and count back for the next one).
+struct StepPlan {
+    /// Slots acked, with their acks.
+    acks: Vec<(usize, Ack)>,
+    /// Per-slot success counts written.
+    counts: Vec<(usize, u64)>,
+    /// Slots to take jobs for, in the order sent.
+    take: Vec<usize>,
+    /// Some class was capped or skipped.
+    limited: bool,
+    /// The `run_at` of the jobs taken.
+    now: chrono::DateTime<Utc>,
+}
+
+/// A step's plan and its outcome.
+type StepDone = (StepPlan, Result<StepReply>);
+
+impl StepPlan {
+    /// Send the step; resolves with the plan and Redis's reply.
+    async fn run(
+        self,
+        store: Store,
+        ids: Arc<[WorkerId]>,
+        queues: Arc<[String]>,
+        limits: Vec<TakeLimit>,
+        process: String,
+    ) -> StepDone {
+        let result = {
+            let acks: Vec<&Ack> = self.acks.iter().map(|(_, a)| a).collect();
+            let counts: Vec<(&WorkerId, u64)> =
+                self.counts.iter().map(|&(i, n)| (&ids[i], n)).collect();
+            let free: Vec<&WorkerId> = self.take.iter().map(|&i| &ids[i]).collect();
+            store
+                .step(&StepRequest {
+                    acks: &acks,
+                    counts: &counts,
+                    free: &free,
+                    queues: &queues,
+                    limits: &limits,
+                    process: &process,
+                    now: self.now,
+                })
+                .await
+        };
+        (self, result)
+    }
 }
 
 /// Results of job tasks: slot, sequence number, outcome, the parsed job.
@@ -182,16 +238,20 @@ impl Runner {
         );
         let wake = waiters.wake();
         let mut slots: Vec<Slot> = self.slots.iter().map(|_| Slot::Free).collect();
+        let ids: Arc<[WorkerId]> = self.slots.clone().into();
+        // Steps in flight, and the reply the wait below received.
+        let mut steps: FuturesUnordered<BoxFuture<'static, StepDone>> = FuturesUnordered::new();
+        let mut replied: Option<StepDone> = None;
         let mut tasks: JoinSet<Finished> = JoinSet::new();
         let mut seq: u64 = 0;
         let mut performed: u64 = 0;
         let mut put_back = 0;
 
         let mut known_queues: Option<Vec<String>> = None;
-        let mut queues = if self.queues.is_dynamic() {
-            Vec::new()
+        let mut queues: Arc<[String]> = if self.queues.is_dynamic() {
+            Arc::new([])
         } else {
-            self.queues.resolve(&[])
+            self.queues.resolve(&[]).into()
         };
         if !draining && !self.queues.is_dynamic() {
             waiters.set_queues(&queues);
@@ -218,6 +278,90 @@ impl Runner {
             while let Some(done) = tasks.try_join_next() {
                 self.finish(&mut slots, done, &mut in_flight, &mut skipped);
             }
+            // Replies of finished steps.
+            while let Some((plan, result)) = replied
+                .take()
+                .or_else(|| steps.next().now_or_never().flatten())
+            {
+                match result {
+                    Err(e) => {
+                        // The acks stay pending and are retried: an ack that
+                        // did land is fenced and not recorded twice. Jobs the
+                        // step may have taken are found by `reconcile`.
+                        warn!(error = %e, pending_acks = plan.acks.len(), retry_in = ?backoff, "redis step failed");
+                        for &i in &plan.take {
+                            slots[i] = Slot::Free;
+                        }
+                        for (i, ack) in plan.acks {
+                            slots[i] = Slot::Acking(ack);
+                        }
+                        for (i, n) in plan.counts {
+                            successes[i] += n;
+                        }
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                        reconcile = true;
+                    }
+                    Ok(reply) => {
+                        retry_at = None;
+                        backoff = RETRY_MIN;
+                        for ((i, ack), applied) in plan.acks.iter().zip(&reply.applied) {
+                            if *applied {
+                                performed += 1;
+                                if let AckKind::Done = ack.kind {
+                                    successes[*i] += 1;
+                                }
+                            } else {
+                                warn!(worker = %self.slots[*i].id, "status no longer holds the job (recovered elsewhere?); outcome not recorded");
+                                // Its status key may hold a job a lost reply
+                                // took: look.
+                                reconcile = true;
+                            }
+                            slots[*i] = Slot::Free;
+                        }
+                        for &i in &plan.take {
+                            slots[i] = Slot::Free;
+                        }
+                        let run_at = payload::run_at(plan.now);
+                        let found_all = reply.taken.len() == plan.take.len();
+                        for t in reply.taken {
+                            let slot = plan.take[t.slot];
+                            seq += 1;
+                            let limit = t.class.as_deref().and_then(|c| self.registry.limit_of(c));
+                            if let Some(l) = limit {
+                                in_flight[l] += 1;
+                            }
+                            slots[slot] = self.start(
+                                &mut tasks, slot, seq, limit, t.queue, &t.raw, t.status, &run_at,
+                            );
+                        }
+                        if !plan.take.is_empty() && !found_all {
+                            idle = true;
+                            // Skipping capped or unknown classes: a blocking
+                            // wait would wake at once on the skipped jobs, so
+                            // look again on a timer instead.
+                            let capped = in_flight
+                                .iter()
+                                .zip(self.registry.limits())
+                                .any(|(n, l)| *n >= l.max);
+                            let wait = if capped || reply.unregistered {
+                                // Unregistered (taken for dead): wait for the
+                                // heartbeat to register us.
+                                LIMITED_POLL
+                            } else if (self.queues.is_dynamic() || plan.limited) && !reply.paused {
+                                QUEUE_REFRESH.min(self.interval.max(Duration::from_millis(1)))
+                            } else {
+                                self.interval
+                            };
+                            next_poll = Instant::now() + wait;
+                            if !draining && !reply.paused && !reply.unregistered && !plan.limited {
+                                waiters.arm();
+                            }
+                        }
+                    }
+                }
+            }
+
             let free: Vec<usize> = slots
                 .iter()
                 .enumerate()
@@ -228,7 +372,6 @@ impl Runner {
                 .enumerate()
                 .filter_map(|(i, s)| matches!(s, Slot::Acking(_)).then_some(i))
                 .collect();
-            let may_take = stopping.is_none() && !paused && !idle && !free.is_empty();
             let ready = retry_at.is_none_or(|at| Instant::now() >= at);
 
             if ready && reconcile {
@@ -271,7 +414,17 @@ impl Runner {
             }
 
             let counts_due = successes.iter().any(|n| *n > 0) && counted_at.elapsed() >= COUNT_LAG;
-            if ready && (!acks.is_empty() || may_take || counts_due) {
+            let may_take =
+                !(stopping.is_some() || paused || idle || free.is_empty() && acks.is_empty());
+            // Two steps may be in flight, so the worker runs the jobs of one
+            // while Redis runs the other; with class limits only one, whose
+            // counts are then exact.
+            let max_steps = if self.registry.limits().is_empty() && skipped.is_empty() {
+                2
+            } else {
+                1
+            };
+            if ready && steps.len() < max_steps && (!acks.is_empty() || may_take || counts_due) {
                 if may_take
                     && self.queues.is_dynamic()
                     && refreshed_at.is_none_or(|t| t.elapsed() >= QUEUE_REFRESH)
@@ -280,7 +433,7 @@ impl Runner {
                         Ok(names) => {
                             refreshed_at = Some(Instant::now());
                             if known_queues.as_ref() != Some(&names) {
-                                queues = self.queues.resolve(&names);
+                                queues = self.queues.resolve(&names).into();
                                 debug!(?queues, "queue list");
                                 if !draining {
                                     waiters.set_queues(&queues);
@@ -296,117 +449,58 @@ impl Runner {
                         }
                     }
                 }
-                let take: Vec<&WorkerId> = if may_take {
-                    free.iter().map(|&i| &self.slots[i]).collect()
-                } else {
-                    Vec::new()
-                };
-                let ack_list: Vec<&Ack> = acks
-                    .iter()
-                    .map(|&i| match &slots[i] {
-                        Slot::Acking(a) => a,
-                        _ => unreachable!("filtered on Acking above"),
-                    })
-                    .collect();
-                let now = Utc::now();
-                skipped.retain(|(_, until)| *until > Instant::now());
-                let limits = self.take_limits(&in_flight, &skipped);
-                let flush_counts = counted_at.elapsed() >= COUNT_LAG || stopping.is_some();
-                let counts: Vec<(&WorkerId, u64)> = if flush_counts {
-                    successes
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, n)| **n > 0)
-                        .map(|(i, n)| (&self.slots[i], *n))
+                // Slots being acked take again in the same step; a step takes
+                // for at most half the slots, so that the other half can be
+                // in the next step while this one is in flight.
+                let take: Vec<usize> = if may_take {
+                    acks.iter()
+                        .chain(&free)
+                        .copied()
+                        .take(slots.len().div_ceil(max_steps))
                         .collect()
                 } else {
                     Vec::new()
                 };
-                let process = self.recoverer.me.field();
-                let request = StepRequest {
-                    acks: &ack_list,
-                    counts: &counts,
-                    free: &take,
-                    queues: &queues,
-                    limits: &limits,
-                    process: &process,
-                    now,
-                };
-                let reply = match self.store.step(&request).await {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        // The acks stay pending and are retried: an ack that
-                        // did land is fenced and not recorded twice. Jobs the
-                        // step may have taken are found by `reconcile`.
-                        warn!(error = %e, pending_acks = acks.len(), retry_in = ?backoff, "redis step failed");
-                        retry_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(RETRY_MAX);
-                        reconcile = true;
-                        continue;
-                    }
-                };
-                retry_at = None;
-                backoff = RETRY_MIN;
-                if flush_counts {
-                    successes.iter_mut().for_each(|n| *n = 0);
-                    counted_at = Instant::now();
+                let plan_acks: Vec<(usize, Ack)> = acks
+                    .iter()
+                    .map(
+                        |&i| match std::mem::replace(&mut slots[i], Slot::Stepping) {
+                            Slot::Acking(a) => (i, a),
+                            _ => unreachable!("filtered on Acking above"),
+                        },
+                    )
+                    .collect();
+                for &i in &take {
+                    slots[i] = Slot::Stepping;
                 }
-                for (&i, applied) in acks.iter().zip(&reply.applied) {
-                    if *applied {
-                        performed += 1;
-                        if let Slot::Acking(Ack {
-                            kind: AckKind::Done,
-                            ..
-                        }) = &slots[i]
-                        {
-                            successes[i] += 1;
-                        }
+                skipped.retain(|(_, until)| *until > Instant::now());
+                let limits = self.take_limits(&in_flight, &skipped);
+                let counts: Vec<(usize, u64)> =
+                    if counted_at.elapsed() >= COUNT_LAG || stopping.is_some() {
+                        counted_at = Instant::now();
+                        successes
+                            .iter_mut()
+                            .enumerate()
+                            .filter(|(_, n)| **n > 0)
+                            .map(|(i, n)| (i, std::mem::take(n)))
+                            .collect()
                     } else {
-                        warn!(worker = %self.slots[i].id, "status no longer holds the job (recovered elsewhere?); outcome not recorded");
-                    }
-                    slots[i] = Slot::Free;
-                }
-                let run_at = payload::run_at(now);
-                let found_all = reply.taken.len() == take.len();
-                for t in reply.taken {
-                    let slot = free[t.slot];
-                    seq += 1;
-                    let limit = t.class.as_deref().and_then(|c| self.registry.limit_of(c));
-                    if let Some(l) = limit {
-                        in_flight[l] += 1;
-                    }
-                    slots[slot] = self.start(
-                        &mut tasks, slot, seq, limit, t.queue, &t.raw, t.status, &run_at,
-                    );
-                }
-                if may_take && !found_all {
-                    idle = true;
-                    // Skipping capped or unknown classes: a blocking wait
-                    // would wake at once on the skipped jobs, so look again
-                    // on a timer instead.
-                    let limited = limits.iter().any(|l| l.remaining == 0);
-                    let capped = in_flight
-                        .iter()
-                        .zip(self.registry.limits())
-                        .any(|(n, l)| *n >= l.max);
-                    let wait = if capped {
-                        LIMITED_POLL
-                    } else if (self.queues.is_dynamic() || limited) && !reply.paused {
-                        QUEUE_REFRESH.min(self.interval.max(Duration::from_millis(1)))
-                    } else {
-                        self.interval
+                        Vec::new()
                     };
-                    // Taken for dead: wait for the heartbeat to register us.
-                    let wait = if reply.unregistered {
-                        LIMITED_POLL
-                    } else {
-                        wait
-                    };
-                    next_poll = Instant::now() + wait;
-                    if !draining && !reply.paused && !reply.unregistered && !limited {
-                        waiters.arm();
-                    }
-                }
+                let plan = StepPlan {
+                    acks: plan_acks,
+                    counts,
+                    take,
+                    limited: limits.iter().any(|l| l.remaining == 0),
+                    now: Utc::now(),
+                };
+                steps.push(Box::pin(plan.run(
+                    self.store.clone(),
+                    ids.clone(),
+                    queues.clone(),
+                    limits,
+                    self.recoverer.me.field(),
+                )));
                 continue;
             }
 
@@ -435,6 +529,9 @@ impl Runner {
             // notification only end a wait. Taken jobs are never raced here:
             // they are in slots, and only a recorded step frees a slot.
             tokio::select! {
+                // A step's reply: handled at the top of the loop (the set
+                // keeps it until then).
+                Some(reply) = steps.next(), if !steps.is_empty() => replied = Some(reply),
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     self.finish(&mut slots, done, &mut in_flight, &mut skipped);
                     // Capacity under a limit came free: look at the queues.

@@ -1,6 +1,7 @@
 -- One round trip of the worker loop: record finished jobs, then take new ones.
 --
--- Acks first. An ack applies only while the worker's status key still holds
+-- Acks first; a slot may be acked and take a new job in the same step. An
+-- ack applies only while the worker's status key still holds
 -- exactly the value written when the job was taken (a fence: a worker taken
 -- for dead and recovered records nothing twice). An applied ack deletes the
 -- status key and, by kind:
@@ -27,6 +28,9 @@ local prefix = ARGV[1]
 local i = 2
 local n_acks = tonumber(ARGV[i]); i = i + 1
 local applied = {}
+-- Slots whose ack did not apply: their status key holds something else, so
+-- nothing is taken into them.
+local fenced = {}
 local processed, failed = 0, 0
 local now
 
@@ -111,6 +115,7 @@ for a = 1, n_acks do
   else
     if current then redis.call('SET', status_key, current) end
     applied[a] = 0
+    fenced[id] = true
   end
 end
 if processed > 0 then redis.call('INCRBY', prefix .. 'stat:processed', processed) end
@@ -196,52 +201,54 @@ end
 local q = 1
 local heads = {}
 for s = 1, n_takes do
-  local job, well_formed, class
-  while q <= n_queues and not job do
-    local key = prefix .. 'queue:' .. ARGV[queues_at + 2 * (q - 1)]
-    if not used_up() then
-      job = redis.call('LPOP', key)
-      if job then
-        if n_limits == 0 and looks_like_object(job) then
-          well_formed = true
-        else
-          well_formed, class = inspect(job)
-        end
-      end
-    else
-      for _, item in ipairs(redis.call('LRANGE', key, 0, SCAN_DEPTH - 1)) do
-        local wf, c = inspect(item)
-        local limit = limit_of(c)
-        if not limit or limit.remaining > 0 then
-          redis.call('LREM', key, 1, item)
-          job, well_formed, class = item, wf, c
-          break
-        end
-      end
-    end
-    if not job then q = q + 1 end
-  end
-  if not job then break end
-  local limit = limit_of(class)
-  if limit then limit.remaining = limit.remaining - 1 end
   local id = ARGV[slots_at + 2 * (s - 1)]
   local tail = ARGV[slots_at + 2 * (s - 1) + 1]
-  local head = heads[q]
-  if not head then
-    head = '{"queue":' .. ARGV[queues_at + 2 * (q - 1) + 1] .. ',"run_at":"' .. run_at .. '","payload":'
-    heads[q] = head
+  if not fenced[id] then
+    local job, well_formed, class
+    while q <= n_queues and not job do
+      local key = prefix .. 'queue:' .. ARGV[queues_at + 2 * (q - 1)]
+      if not used_up() then
+        job = redis.call('LPOP', key)
+        if job then
+          if n_limits == 0 and looks_like_object(job) then
+            well_formed = true
+          else
+            well_formed, class = inspect(job)
+          end
+        end
+      else
+        for _, item in ipairs(redis.call('LRANGE', key, 0, SCAN_DEPTH - 1)) do
+          local wf, c = inspect(item)
+          local limit = limit_of(c)
+          if not limit or limit.remaining > 0 then
+            redis.call('LREM', key, 1, item)
+            job, well_formed, class = item, wf, c
+            break
+          end
+        end
+      end
+      if not job then q = q + 1 end
+    end
+    if not job then break end
+    local limit = limit_of(class)
+    if limit then limit.remaining = limit.remaining - 1 end
+    local head = heads[q]
+    if not head then
+      head = '{"queue":' .. ARGV[queues_at + 2 * (q - 1) + 1] .. ',"run_at":"' .. run_at .. '","payload":'
+      heads[q] = head
+    end
+    local status = ''
+    if well_formed then
+      redis.call('SET', prefix .. 'worker:' .. id, head .. job .. tail)
+    else
+      status = head .. cjson.encode(job) .. tail
+      redis.call('SET', prefix .. 'worker:' .. id, status)
+    end
+    taken[#taken + 1] = s
+    taken[#taken + 1] = q
+    taken[#taken + 1] = job
+    taken[#taken + 1] = status
+    if type(class) == 'string' then taken[#taken + 1] = class else taken[#taken + 1] = '' end
   end
-  local status = ''
-  if well_formed then
-    redis.call('SET', prefix .. 'worker:' .. id, head .. job .. tail)
-  else
-    status = head .. cjson.encode(job) .. tail
-    redis.call('SET', prefix .. 'worker:' .. id, status)
-  end
-  taken[#taken + 1] = s
-  taken[#taken + 1] = q
-  taken[#taken + 1] = job
-  taken[#taken + 1] = status
-  if type(class) == 'string' then taken[#taken + 1] = class else taken[#taken + 1] = '' end
 end
 return {paused, applied, taken}
