@@ -219,9 +219,12 @@ async fn list(
     };
     let more = offset + views.len() < matched;
     if more {
-        println!("{footer}; --offset {} for more", offset + views.len());
+        term::say(&format!(
+            "{footer}; --offset {} for more",
+            offset + views.len()
+        ));
     } else {
-        println!("{footer}");
+        term::say(&footer);
     }
     Ok(())
 }
@@ -456,25 +459,24 @@ fn report(report: &Report, output: Output) -> anyhow::Result<()> {
         _ => "removed",
     };
     if report.action == "retry" {
-        println!(
+        term::say(&format!(
             "{verb} {} (payloads pushed back onto their queues)",
             count(report.done as u64, "entry", "entries")
-        );
+        ));
     } else {
-        println!("{verb} {}", count(report.done as u64, "entry", "entries"));
+        term::say(&format!(
+            "{verb} {}",
+            count(report.done as u64, "entry", "entries")
+        ));
     }
     if report.gone > 0 {
-        println!(
+        term::say(&format!(
             "{} already gone (removed by someone else)",
             count(report.gone as u64, "entry", "entries")
-        );
+        ));
     }
-    let width = term::width().unwrap_or(usize::MAX);
     for s in &report.skipped {
-        println!(
-            "{}",
-            term::fit(&format!("skipped #{}: {}", s.index, s.reason), width)
-        );
+        term::say(&format!("skipped #{}: {}", s.index, s.reason));
     }
     Ok(())
 }

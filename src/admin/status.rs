@@ -154,11 +154,11 @@ pub(super) async fn run(
         }
     };
     let inner = width.map(|w| w.saturating_sub(2));
-    println!(
+    term::say(&format!(
         "Queues     {} ({} jobs waiting)",
         status.queues.len(),
         status.queues.iter().map(|q| q.depth).sum::<u64>()
-    );
+    ));
     if !status.queues.is_empty() {
         let mut table = Table::new(&["PRIORITY", "QUEUE", "JOBS"]);
         table.right = vec![0, 2];
@@ -172,7 +172,7 @@ pub(super) async fn run(
         }
         indent(table.render(inner));
     }
-    println!("Workers    {}", workers::summary(&views));
+    term::say(&format!("Workers    {}", workers::summary(&views)));
     if !status.working.is_empty() {
         let mut table = Table::new(&["WORKER", "QUEUE", "RUNNING", "JOB"]);
         table.shrink = vec![3, 0, 1];
@@ -187,10 +187,10 @@ pub(super) async fn run(
         indent(table.render(inner));
     }
     println!("Failed     {}", status.failed);
-    println!(
+    term::say(&format!(
         "Stats      {} processed, {} failed",
         status.stats.processed, status.stats.failed
-    );
+    ));
     let next = delayed
         .next
         .and_then(|ts| chrono::DateTime::from_timestamp(ts, 0))
@@ -204,18 +204,20 @@ pub(super) async fn run(
             format!(", next at {} UTC ({when})", t.format("%Y-%m-%d %H:%M:%S"))
         })
         .unwrap_or_default();
-    println!(
+    term::say(&format!(
         "Delayed    {} at {}{next}",
         count(status.delayed.jobs, "job", "jobs"),
         count(status.delayed.times, "time", "times")
-    );
+    ));
     let leader = status.scheduler.leader.as_deref().unwrap_or("none");
     match &status.scheduler.ruby_master {
-        Some(ruby) => println!("Scheduler  leader {leader}; Ruby resque-scheduler master {ruby}"),
-        None => println!("Scheduler  leader {leader}"),
+        Some(ruby) => term::say(&format!(
+            "Scheduler  leader {leader}; Ruby resque-scheduler master {ruby}"
+        )),
+        None => term::say(&format!("Scheduler  leader {leader}")),
     }
     if status.paused {
-        println!("Paused     yes: pause-all-workers is set, no worker takes jobs");
+        term::say("Paused     yes: pause-all-workers is set, no worker takes jobs");
     }
     Ok(())
 }

@@ -13,6 +13,11 @@ const MIN_COLUMN: usize = 8;
 /// How often the progress bar is redrawn at most.
 const REDRAW: Duration = Duration::from_millis(100);
 
+/// Print `text` cut to the output's width.
+pub fn say(text: &str) {
+    println!("{}", fit(text, width().unwrap_or(usize::MAX)));
+}
+
 /// The width output must fit: `COLUMNS` if set, else the terminal's when
 /// stdout is one, else none (piped output is not cut).
 pub fn width() -> Option<usize> {
@@ -83,7 +88,8 @@ impl Table {
     }
 
     /// The lines of the table, two spaces between columns, fitting `width`
-    /// by cutting the `shrink` columns (never below [`MIN_COLUMN`]).
+    /// by cutting the `shrink` columns (never below [`MIN_COLUMN`]), then
+    /// the lines.
     pub fn render(&self, width: Option<usize>) -> Vec<String> {
         let n = self.headers.len();
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
@@ -120,7 +126,8 @@ impl Table {
                     }
                 }
             }
-            out.trim_end().to_owned()
+            // Columns that cannot shrink further: cut the line itself.
+            fit(out.trim_end(), width.unwrap_or(usize::MAX))
         };
         let mut lines = vec![line(self.headers.iter().map(|h| h.to_string()).collect())];
         lines.extend(self.rows.iter().map(|r| line(r.clone())));
@@ -211,6 +218,8 @@ mod tests {
         assert_eq!(lines[0], " #  CLASS      ERROR");
         assert!(lines[1].starts_with(" 7  SendEmail  xxx") && lines[1].ends_with('…'));
         assert_eq!(lines[2], "12  A          short");
+        // Too narrow for the columns: the lines are cut.
+        assert!(t.render(Some(15)).iter().all(|l| l.chars().count() <= 15));
         // Without a width nothing is cut.
         assert!(t.render(None)[1].ends_with(&"x".repeat(100)));
     }

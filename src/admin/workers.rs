@@ -250,9 +250,9 @@ pub(super) async fn list(
     for line in table.render(term::width()) {
         println!("{line}");
     }
-    println!("{}", summary(&views));
+    term::say(&summary(&views));
     if views.iter().any(|v| v.state == State::Dead) {
-        println!("`ah-worker workers prune` removes the dead ones and recovers their jobs");
+        term::say("`ah-worker workers prune` removes the dead ones, recovering their jobs");
     }
     Ok(())
 }
@@ -326,7 +326,6 @@ pub(super) async fn prune(
     if pruned.is_empty() {
         println!("no dead ah-worker processes: nothing pruned");
     }
-    let width = term::width().unwrap_or(usize::MAX);
     for p in &pruned {
         let what = match &p.job {
             None => "idle".to_owned(),
@@ -335,24 +334,21 @@ pub(super) async fn prune(
             }
             Some(j) => format!("its {} job recorded in failed", j.class),
         };
-        println!(
-            "{}",
-            term::fit(&format!("pruned {}: {what}", p.worker), width)
-        );
+        term::say(&format!("pruned {}: {what}", p.worker));
     }
     if !pruned.is_empty() {
         let jobs = pruned.iter().filter(|p| p.job.is_some()).count() as u64;
-        println!(
+        term::say(&format!(
             "{} removed, {} recovered",
             count(pruned.len() as u64, "registration", "registrations"),
             count(jobs, "job", "jobs")
-        );
+        ));
     }
     if stale > 0 {
-        println!(
+        term::say(&format!(
             "{} of other peers left alone (Ruby and node-resque prune their own)",
             count(stale as u64, "stale worker", "stale workers")
-        );
+        ));
     }
     Ok(())
 }
