@@ -704,7 +704,7 @@ fn workers_prune_removes_only_dead_ones_and_recovers_their_jobs() {
 }
 
 #[test]
-fn errors_are_one_line_and_usage_errors_exit_2() {
+fn errors_are_one_line_usage_errors_exit_2_and_a_closed_pipe_is_none() {
     let mut t = Ns::new("admerrors");
     let _: () = t.conn.rpush(t.key("failed"), RUBY_RECORD).unwrap();
     let o = admin(&t, &["failed", "show", "5"], &[]);
@@ -724,6 +724,36 @@ fn errors_are_one_line_and_usage_errors_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{usage:?}");
     }
     assert_eq!(t.list("failed"), [RUBY_RECORD], "nothing was touched");
+
+    // A reader that stops early (`| head`) ends the output quietly: more
+    // than a pipe's buffer, so the writer does meet the closed pipe.
+    let mut cmd = redis::cmd("RPUSH");
+    cmd.arg(t.key("failed"));
+    for _ in 0..3000 {
+        cmd.arg(RUBY_RECORD);
+    }
+    let _: () = cmd.query(&mut t.conn).unwrap();
+    let mut child = t
+        .bin()
+        .args(["failed", "list", "--all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("FAILED AT"), "{first}");
+    let o = wait_output(child, 30);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]

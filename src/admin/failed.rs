@@ -181,7 +181,7 @@ async fn list(
         });
     }
     if total == 0 {
-        println!("no failed jobs");
+        out!("no failed jobs")?;
         return Ok(());
     }
     if !views.is_empty() {
@@ -204,7 +204,7 @@ async fn list(
             ]);
         }
         for line in table.render(term::width()) {
-            println!("{line}");
+            out!("{line}")?;
         }
     }
     let of = if filtered(filter) {
@@ -222,9 +222,9 @@ async fn list(
         term::say(&format!(
             "{footer}; --offset {} for more",
             offset + views.len()
-        ));
+        ))?;
     } else {
-        term::say(&footer);
+        term::say(&footer)?;
     }
     Ok(())
 }
@@ -243,16 +243,15 @@ async fn show(store: &Store, index: usize, output: Output) -> anyhow::Result<()>
         return print_json(&v);
     }
     let Some(record) = &entry.record else {
-        println!("entry {index} is not a failure record; it reads:");
-        println!("{}", v.unreadable.unwrap_or_default());
+        out!("entry {index} is not a failure record; it reads:")?;
+        out!("{}", v.unreadable.unwrap_or_default())?;
         return Ok(());
     };
-    let row = |label: &str, value: Option<String>| {
-        if let Some(value) = value {
-            println!("{label:<11}{value}");
-        }
+    let row = |label: &str, value: Option<String>| match value {
+        Some(value) => out!("{label:<11}{value}"),
+        None => Ok(()),
     };
-    row("index", Some(index.to_string()));
+    row("index", Some(index.to_string()))?;
     row(
         "failed at",
         record.failed_at.as_deref().map(|t| {
@@ -264,27 +263,27 @@ async fn show(store: &Store, index: usize, output: Output) -> anyhow::Result<()>
                 h => format!("{t} ({h} UTC)"),
             }
         }),
-    );
-    row("queue", record.queue.clone());
-    row("class", record.class.clone());
-    row("worker", record.worker.clone());
-    row("exception", record.exception.clone());
-    row("error", record.error.clone());
-    row("retried at", record.retried_at.clone());
+    )?;
+    row("queue", record.queue.clone())?;
+    row("class", record.class.clone())?;
+    row("worker", record.worker.clone())?;
+    row("exception", record.exception.clone())?;
+    row("error", record.error.clone())?;
+    row("retried at", record.retried_at.clone())?;
     if !record.backtrace.is_empty() {
-        println!("backtrace");
+        out!("backtrace")?;
         for frame in &record.backtrace {
-            println!("  {frame}");
+            out!("  {frame}")?;
         }
     }
     if let Some(payload) = &record.payload {
-        println!("payload");
+        out!("payload")?;
         let pretty = serde_json::from_str::<serde_json::Value>(payload.get())
             .ok()
             .and_then(|v| serde_json::to_string_pretty(&v).ok())
             .unwrap_or_else(|| payload.get().to_owned());
         for line in pretty.lines() {
-            println!("  {line}");
+            out!("  {line}")?;
         }
     }
     Ok(())
@@ -462,21 +461,21 @@ fn report(report: &Report, output: Output) -> anyhow::Result<()> {
         term::say(&format!(
             "{verb} {} (payloads pushed back onto their queues)",
             count(report.done as u64, "entry", "entries")
-        ));
+        ))?;
     } else {
         term::say(&format!(
             "{verb} {}",
             count(report.done as u64, "entry", "entries")
-        ));
+        ))?;
     }
     if report.gone > 0 {
         term::say(&format!(
             "{} already gone (removed by someone else)",
             count(report.gone as u64, "entry", "entries")
-        ));
+        ))?;
     }
     for s in &report.skipped {
-        term::say(&format!("skipped #{}: {}", s.index, s.reason));
+        term::say(&format!("skipped #{}: {}", s.index, s.reason))?;
     }
     Ok(())
 }

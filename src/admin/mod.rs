@@ -12,6 +12,16 @@
 //! stable; times in JSON are RFC 3339 in UTC when the peer's format is
 //! understood, else the text as the peer wrote it.
 
+/// `println!` that returns the write's error instead of panicking, so a
+/// closed pipe (`ah-worker failed list --all | head`) ends the output
+/// quietly (see [`quiet_on_closed_pipe`]).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod failed;
 mod status;
 pub mod term;
@@ -37,13 +47,13 @@ pub fn is_admin(command: &Command) -> bool {
 /// `ah-worker status`.
 pub async fn status(config: &Config, output: Output) -> anyhow::Result<()> {
     let store = crate::app::connect(config).await?;
-    status::run(&store, config, &recoverer(&store, config), output).await
+    quiet_on_closed_pipe(status::run(&store, config, &recoverer(&store, config), output).await)
 }
 
 /// `ah-worker failed ...`.
 pub async fn failed(config: &Config, action: FailedAction, output: Output) -> anyhow::Result<()> {
     let store = crate::app::connect(config).await?;
-    failed::run(&store, action, output).await
+    quiet_on_closed_pipe(failed::run(&store, action, output).await)
 }
 
 /// `ah-worker workers ...`.
@@ -54,9 +64,22 @@ pub async fn workers(
 ) -> anyhow::Result<()> {
     let store = crate::app::connect(config).await?;
     let recoverer = recoverer(&store, config);
-    match action.unwrap_or(WorkersAction::List) {
+    quiet_on_closed_pipe(match action.unwrap_or(WorkersAction::List) {
         WorkersAction::List => workers::list(&store, &recoverer, output).await,
         WorkersAction::Prune => workers::prune(&store, &recoverer, output).await,
+    })
+}
+
+/// A reader that went away (`| head`) is not an error: the output just ends.
+fn quiet_on_closed_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -80,7 +103,7 @@ fn recoverer(store: &Store, config: &Config) -> Recoverer {
 
 /// Print `value` as one pretty-printed JSON document.
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 

@@ -148,17 +148,18 @@ pub(super) async fn run(
     }
 
     let width = term::width();
-    let indent = |lines: Vec<String>| {
+    let indent = |lines: Vec<String>| -> std::io::Result<()> {
         for line in lines {
-            println!("  {line}");
+            out!("  {line}")?;
         }
+        Ok(())
     };
     let inner = width.map(|w| w.saturating_sub(2));
     term::say(&format!(
         "Queues     {} ({} jobs waiting)",
         status.queues.len(),
         status.queues.iter().map(|q| q.depth).sum::<u64>()
-    ));
+    ))?;
     if !status.queues.is_empty() {
         let mut table = Table::new(&["PRIORITY", "QUEUE", "JOBS"]);
         table.right = vec![0, 2];
@@ -170,9 +171,9 @@ pub(super) async fn run(
                 q.depth.to_string(),
             ]);
         }
-        indent(table.render(inner));
+        indent(table.render(inner))?;
     }
-    term::say(&format!("Workers    {}", workers::summary(&views)));
+    term::say(&format!("Workers    {}", workers::summary(&views)))?;
     if !status.working.is_empty() {
         let mut table = Table::new(&["WORKER", "QUEUE", "RUNNING", "JOB"]);
         table.shrink = vec![3, 0, 1];
@@ -184,13 +185,13 @@ pub(super) async fn run(
                 job_text(&w.job),
             ]);
         }
-        indent(table.render(inner));
+        indent(table.render(inner))?;
     }
-    println!("Failed     {}", status.failed);
+    out!("Failed     {}", status.failed)?;
     term::say(&format!(
         "Stats      {} processed, {} failed",
         status.stats.processed, status.stats.failed
-    ));
+    ))?;
     let next = delayed
         .next
         .and_then(|ts| chrono::DateTime::from_timestamp(ts, 0))
@@ -208,16 +209,16 @@ pub(super) async fn run(
         "Delayed    {} at {}{next}",
         count(status.delayed.jobs, "job", "jobs"),
         count(status.delayed.times, "time", "times")
-    ));
+    ))?;
     let leader = status.scheduler.leader.as_deref().unwrap_or("none");
     match &status.scheduler.ruby_master {
         Some(ruby) => term::say(&format!(
             "Scheduler  leader {leader}; Ruby resque-scheduler master {ruby}"
         )),
         None => term::say(&format!("Scheduler  leader {leader}")),
-    }
+    }?;
     if status.paused {
-        term::say("Paused     yes: pause-all-workers is set, no worker takes jobs");
+        term::say("Paused     yes: pause-all-workers is set, no worker takes jobs")?;
     }
     Ok(())
 }

@@ -14,8 +14,12 @@ const MIN_COLUMN: usize = 8;
 const REDRAW: Duration = Duration::from_millis(100);
 
 /// Print `text` cut to the output's width.
-pub fn say(text: &str) {
-    println!("{}", fit(text, width().unwrap_or(usize::MAX)));
+pub fn say(text: &str) -> std::io::Result<()> {
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        fit(text, width().unwrap_or(usize::MAX))
+    )
 }
 
 /// The width output must fit: `COLUMNS` if set, else the terminal's when

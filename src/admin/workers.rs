@@ -214,7 +214,7 @@ pub(super) async fn list(
         return print_json(&serde_json::json!({ "workers": views }));
     }
     if views.is_empty() {
-        println!("no registered workers");
+        out!("no registered workers")?;
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -248,11 +248,11 @@ pub(super) async fn list(
         ]);
     }
     for line in table.render(term::width()) {
-        println!("{line}");
+        out!("{line}")?;
     }
-    term::say(&summary(&views));
+    term::say(&summary(&views))?;
     if views.iter().any(|v| v.state == State::Dead) {
-        term::say("`ah-worker workers prune` removes the dead ones, recovering their jobs");
+        term::say("`ah-worker workers prune` removes the dead ones, recovering their jobs")?;
     }
     Ok(())
 }
@@ -324,7 +324,7 @@ pub(super) async fn prune(
         return print_json(&serde_json::json!({ "pruned": pruned, "stale_left": stale }));
     }
     if pruned.is_empty() {
-        println!("no dead ah-worker processes: nothing pruned");
+        out!("no dead ah-worker processes: nothing pruned")?;
     }
     for p in &pruned {
         let what = match &p.job {
@@ -334,7 +334,7 @@ pub(super) async fn prune(
             }
             Some(j) => format!("its {} job recorded in failed", j.class),
         };
-        term::say(&format!("pruned {}: {what}", p.worker));
+        term::say(&format!("pruned {}: {what}", p.worker))?;
     }
     if !pruned.is_empty() {
         let jobs = pruned.iter().filter(|p| p.job.is_some()).count() as u64;
@@ -342,13 +342,13 @@ pub(super) async fn prune(
             "{} removed, {} recovered",
             count(pruned.len() as u64, "registration", "registrations"),
             count(jobs, "job", "jobs")
-        ));
+        ))?;
     }
     if stale > 0 {
         term::say(&format!(
             "{} of other peers left alone (Ruby and node-resque prune their own)",
             count(stale as u64, "stale worker", "stale workers")
-        ));
+        ))?;
     }
     Ok(())
 }
