@@ -48,7 +48,15 @@ pub fn main(registry: Registry) -> ExitCode {
             }
         }
     }
-    telemetry::init(config.log_format, config.log_level.as_deref());
+    // The admin commands report in their output; logs only for errors
+    // unless asked for.
+    let admin_default = cli.command.as_ref().is_some_and(crate::admin::is_admin)
+        && std::env::var_os("RUST_LOG").is_none();
+    let log_level = config
+        .log_level
+        .as_deref()
+        .or(admin_default.then_some("error"));
+    telemetry::init(config.log_format, log_level);
     let runtime = match build_runtime(config.threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -77,6 +85,13 @@ pub fn main(registry: Registry) -> ExitCode {
             Some(Command::Cache { action }) => cache_command(&config, action).await,
             Some(Command::Stats) => stats_command(&config).await,
             Some(Command::Rooms { action }) => rooms_command(&config, action).await,
+            Some(Command::Status(output)) => crate::admin::status(&config, output).await,
+            Some(Command::Failed { action, output }) => {
+                crate::admin::failed(&config, action, output).await
+            }
+            Some(Command::Workers { action, output }) => {
+                crate::admin::workers(&config, action, output).await
+            }
         }
     });
     match result {
@@ -400,7 +415,7 @@ async fn connect_retrying(
     }
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Store> {
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<Store> {
     Store::connect(&config.redis, &config.namespace)
         .await
         .with_context(|| format!("cannot connect to Redis at {}", redacted(&config.redis_url)))

@@ -113,6 +113,107 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Queues and their depths, workers and their jobs, failures, stats,
+    /// delayed jobs and the scheduler leader at a glance.
+    Status(Output),
+    /// The `failed` list: list, show, retry, remove, clear.
+    Failed {
+        /// What to do.
+        #[command(subcommand)]
+        action: FailedAction,
+        /// Output format.
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Registered workers of every peer; `workers prune` removes dead ones.
+    Workers {
+        /// What to do [default: list].
+        #[command(subcommand)]
+        action: Option<WorkersAction>,
+        /// Output format.
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// Output format of the admin commands.
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct Output {
+    /// Print one JSON document instead of text (field names are stable; see
+    /// the README's Admin CLI section).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `ah-worker failed ...`.
+#[derive(Debug, Subcommand)]
+pub enum FailedAction {
+    /// List entries, oldest first, with the index that `show`, `retry` and
+    /// `remove` take.
+    List {
+        /// Which entries.
+        #[command(flatten)]
+        filter: FailedFilter,
+        /// At most this many.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+        /// Skip this many matching entries first.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        offset: usize,
+        /// Every matching entry (no limit).
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
+    },
+    /// One entry in full: error, backtrace, payload.
+    Show {
+        /// Its index.
+        index: usize,
+    },
+    /// Push entries' payloads, byte for byte, onto their queues and remove
+    /// them from the list (node-resque's retryAndRemoveFailed), each in one
+    /// atomic step.
+    Retry(FailedSelect),
+    /// Remove entries.
+    Remove(FailedSelect),
+    /// Remove every entry (resque-web's "Clear").
+    Clear,
+}
+
+/// Filters on the `failed` list.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FailedFilter {
+    /// Only entries whose job class matches this glob (`Mail::*`).
+    #[arg(long, value_name = "GLOB")]
+    pub class: Option<String>,
+    /// Only entries of queues matching this glob.
+    #[arg(long, value_name = "GLOB")]
+    pub queue: Option<String>,
+}
+
+/// Which `failed` entries `retry` and `remove` act on.
+#[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["index", "all"])))]
+pub struct FailedSelect {
+    /// Entries by index, as `failed list` shows them.
+    #[arg(value_name = "INDEX", conflicts_with = "FailedFilter")]
+    pub index: Vec<usize>,
+    /// Every entry, or every one matching --class / --queue.
+    #[arg(long)]
+    pub all: bool,
+    /// Which entries, with --all.
+    #[command(flatten)]
+    pub filter: FailedFilter,
+}
+
+/// `ah-worker workers ...`.
+#[derive(Debug, Subcommand, Clone, Copy)]
+pub enum WorkersAction {
+    /// List them (the default).
+    List,
+    /// Remove the registrations of dead ah-worker processes, by the rule
+    /// running workers use (`dead_after`, or a gone pid on this host); their
+    /// running jobs are requeued or failed as `dead_worker_jobs` says.
+    Prune,
 }
 
 /// `ah-worker cache ...`.
@@ -181,6 +282,23 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn failed_retry_takes_indexes_or_all_with_filters() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["ah-worker", "failed", "retry"], args].concat());
+        assert!(parse(&["3", "5"]).is_ok());
+        assert!(parse(&["--all", "--class", "Mail::*", "--json"]).is_ok());
+        for bad in [
+            &[][..],
+            &["--class", "X"],
+            &["3", "--all"],
+            &["3", "--queue", "q"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! processes.
 //!
 //! # Layout
+//! - [`admin`] — the admin commands: status, failed jobs, workers.
 //! - [`actionhero`] — actionHero's shared cache, stats and chat rooms.
 //! - [`cli`] — command-line flags.
 //! - [`config`] — flags, environment and config file merged into one validated [`config::Config`].
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actionhero;
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -4,6 +4,7 @@
 mod util;
 
 mod actionhero;
+mod admin;
 mod bench;
 mod chaos;
 mod cli;

@@ -25,7 +25,7 @@ fn dead_pid() -> u32 {
 
 /// Leave `ns` as a process that died while running `job` would: registered
 /// slot, process entry (beat at `beat_ms`), status key holding the job.
-fn plant_dead_worker(
+pub(crate) fn plant_dead_worker(
     t: &mut Ns,
     host: &str,
     pid: u32,

@@ -1,6 +1,7 @@
 //! The Resque wire contract, as Ruby Resque 3.0 and node-resque 9.x keep it
 //! in Redis: key names ([`keys`]), JSON shapes and time formats
-//! ([`payload`]), and the Redis operations on them ([`store`]).
+//! ([`payload`]), and the Redis operations on them ([`store`]; [`admin`] for
+//! what the admin CLI reads and repairs).
 //!
 //! Nothing outside this module knows a Resque key string or payload shape.
 //!
@@ -14,6 +15,7 @@
 //! - Every time we write is UTC, so Ruby's local-time formats come out as
 //!   `... UTC` / `+0000` / `+00:00`.
 
+pub mod admin;
 pub mod keys;
 pub mod payload;
 pub mod store;

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 pub use pool::Runner;
 pub use queues::QueueSpec;
-pub use recovery::{DeadWorkerJobs, Recoverer};
+pub use recovery::{DeadWorkerJobs, Recoverer, SlotRecovery};
 
 use crate::handler::{JobContext, JobError, PutBack, Registry};
 use crate::resque::{Job, payload};

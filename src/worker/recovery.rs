@@ -33,6 +33,20 @@ pub enum DeadWorkerJobs {
     Fail,
 }
 
+/// What recovery did with one slot of a dead process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRecovery {
+    /// The slot's worker id.
+    pub worker: String,
+    /// The queue of its job (empty when it had none).
+    pub queue: String,
+    /// The class of its job (`<Unknown Job>` for a malformed one), if it had one.
+    pub class: Option<String>,
+    /// What became of it: [`Recovered::Idle`] (no job), [`Recovered::Requeued`]
+    /// or [`Recovered::Failed`].
+    pub outcome: Recovered,
+}
+
 /// The recovery settings of one process.
 #[derive(Debug, Clone)]
 pub struct Recoverer {
@@ -63,35 +77,71 @@ impl Recoverer {
     /// would run their jobs twice. A dead pid on this host is certain
     /// either way.
     pub async fn run(&self, starting: bool, trust_beats: bool) -> Result<usize> {
+        let slots = self
+            .recover_dead(starting, trust_beats)
+            .await?
+            .unwrap_or_default();
+        Ok(slots
+            .iter()
+            .filter(|s| matches!(s.outcome, Recovered::Requeued | Recovered::Failed))
+            .count())
+    }
+
+    /// Whether the process registered under `field` with `entry` is dead at
+    /// Redis time `now_ms`: its entry is unreadable, its beat is older than
+    /// `dead_after` (only if `trust_beats`), or it is on this host and its
+    /// pid is gone. This very process counts as dead only when `starting`.
+    pub fn is_dead(
+        &self,
+        field: &str,
+        entry: Option<&payload::ProcessEntry>,
+        now_ms: i64,
+        starting: bool,
+        trust_beats: bool,
+    ) -> bool {
+        if field == self.me.field() {
+            return starting;
+        }
+        let Some(entry) = entry else { return true };
+        let stale = trust_beats && now_ms - entry.beat > self.dead_after.as_millis() as i64;
+        let gone_here =
+            ProcessId::parse(field).is_some_and(|p| p.host == self.me.host && !pid_alive(p.pid));
+        stale || gone_here
+    }
+
+    /// Find dead processes (see [`Recoverer::is_dead`]) and recover their
+    /// slots under the recovery lock. Returns what became of each slot, or
+    /// `None` if another process holds the lock (it is recovering them).
+    pub async fn recover_dead(
+        &self,
+        starting: bool,
+        trust_beats: bool,
+    ) -> Result<Option<Vec<SlotRecovery>>> {
         let now_ms = self.store.redis_time().await?.timestamp_millis();
         let entries = self.store.processes().await?;
         let dead: Vec<(String, Option<payload::ProcessEntry>)> = entries
             .into_iter()
             .filter(|(field, entry)| {
-                if *field == self.me.field() {
-                    return starting;
-                }
-                let Some(entry) = entry else { return true };
-                let stale = trust_beats && now_ms - entry.beat > self.dead_after.as_millis() as i64;
-                let gone_here = ProcessId::parse(field)
-                    .is_some_and(|p| p.host == self.me.host && !pid_alive(p.pid));
-                stale || gone_here
+                self.is_dead(field, entry.as_ref(), now_ms, starting, trust_beats)
             })
             .collect();
         if dead.is_empty() {
-            return Ok(0);
+            return Ok(Some(Vec::new()));
         }
         let owner = self.me.field();
         if !self.store.lock_recovery(&owner, LOCK_TTL).await? {
-            return Ok(0); // another process is recovering right now
+            return Ok(None); // another process is recovering right now
         }
         let result = self.recover(&dead).await;
         self.store.unlock_recovery(&owner).await?;
-        result
+        result.map(Some)
     }
 
-    async fn recover(&self, dead: &[(String, Option<payload::ProcessEntry>)]) -> Result<usize> {
-        let mut jobs = 0;
+    async fn recover(
+        &self,
+        dead: &[(String, Option<payload::ProcessEntry>)],
+    ) -> Result<Vec<SlotRecovery>> {
+        let mut slots = Vec::new();
         for (field, entry) in dead {
             let (Some(process), Some(entry)) = (ProcessId::parse(field), entry) else {
                 warn!(field, "unreadable process entry removed");
@@ -147,24 +197,29 @@ impl Recoverer {
                         poison_failure: &poison,
                         counter_ttl: RECOVERY_WINDOW,
                     };
-                    match self.store.recover_slot(&slot, &r).await? {
+                    let outcome = self.store.recover_slot(&slot, &r).await?;
+                    match outcome {
                         Recovered::Changed => continue,
                         Recovered::Idle => {}
                         Recovered::Requeued => {
-                            jobs += 1;
                             info!(worker = %slot.id, queue = %queue, class, "job of a dead worker put back at the head of its queue");
                         }
                         Recovered::Failed => {
-                            jobs += 1;
                             warn!(worker = %slot.id, queue = %queue, class, "job of a dead worker recorded as failed");
                         }
                     }
+                    slots.push(SlotRecovery {
+                        worker: slot.id.clone(),
+                        queue,
+                        class: status.is_some().then_some(class),
+                        outcome,
+                    });
                     break;
                 }
             }
             self.store.remove_process(field).await?;
         }
-        Ok(jobs)
+        Ok(slots)
     }
 }
 
