@@ -202,15 +202,21 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A self-reconnecting connection with the store's timeouts and backoff;
+/// also used by the Faye engine peer.
+pub(crate) async fn managed_connection(client: &Client) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(RESPONSE_TIMEOUT)
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_max_delay(2_000);
+    ConnectionManager::new_with_config(client.clone(), config).await
+}
+
 impl Store {
     /// Connect to the Redis at `url` and use keys under `namespace`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Store> {
         let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(RESPONSE_TIMEOUT)
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_max_delay(2_000);
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let conn = managed_connection(&client).await?;
         Ok(Store {
             client,
             conn,
