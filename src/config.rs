@@ -150,6 +150,8 @@ pub struct Config {
     /// actionHero shared state (the `[actionhero]` section); `None`: the
     /// worker writes none of it.
     pub actionhero: Option<crate::actionhero::Settings>,
+    /// Faye pub/sub and the bridge to jobs (the `[faye]` section).
+    pub faye: Option<crate::faye::Settings>,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -182,6 +184,7 @@ struct FileConfig {
     #[serde(default)]
     classes: Vec<toml::Value>,
     actionhero: Option<toml::Value>,
+    faye: Option<toml::Value>,
 }
 
 /// `queues = "a,b"` or `queues = ["a", "b"]`.
@@ -561,6 +564,16 @@ impl Config {
                     .map_err(ConfigError::Schedule)?,
             ),
         };
+        let faye = match file.faye {
+            None => None,
+            Some(v) => {
+                let id = actionhero.as_ref().map_or(&server_id, |a| &a.server_id);
+                Some(
+                    crate::faye::Settings::from_toml(v, &redis_url, id)
+                        .map_err(ConfigError::Schedule)?,
+                )
+            }
+        };
 
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
@@ -600,6 +613,7 @@ impl Config {
             schedules,
             policies,
             actionhero,
+            faye,
         })
     }
 }
