@@ -7,6 +7,7 @@ mod actionhero;
 mod bench;
 mod chaos;
 mod cli;
+mod faye;
 mod node;
 mod plugins;
 mod policies;
