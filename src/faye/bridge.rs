@@ -137,7 +137,7 @@ impl Faye {
 
     /// Start the task publishing job events, if they are configured; it
     /// runs until `stop`, then publishes what is buffered for at most
-    /// [`EVENT_FLUSH`].
+    /// two seconds.
     pub fn spawn_events(&self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
         let sink = self.inner.events.as_ref()?;
         let mut rx = sink.rx.lock().expect("events lock").take()?;

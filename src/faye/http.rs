@@ -1,15 +1,24 @@
-//! A Bayeux client over HTTP long-polling, for Faye servers we reach by URL
-//! (their engine may be anything, and their server extensions see every
-//! message we send).
+//! A Bayeux client over HTTP, for Faye servers we reach by URL (their engine
+//! may be anything, and their server extensions see every message we send).
 //!
 //! Publishing is one anonymous POST: Faye accepts a publish without a
 //! handshake. Subscribing is a session: handshake, one `/meta/subscribe` per
-//! pattern, then `/meta/connect` long polls, one outstanding at a time (a
-//! second connect for the same client id would leave the first unanswered
-//! forever). A `401`, or advice `reconnect: "handshake"`, starts a new
-//! session and subscribes again; advice `"none"` stops. The configured `ext`
-//! goes on every message. Replies are matched by id **and** `successful`.
-//! Reference: faye.md §3.
+//! pattern, then messages either pushed down an event stream (`GET
+//! <mount>/<clientId>`, Faye's `eventsource` connection type) while
+//! `/meta/connect`s, answered at once, keep the client alive; or in the
+//! replies to `/meta/connect` long polls. Either way one connect is
+//! outstanding at a time (a second for the same client id would leave the
+//! first unanswered forever). A `401`, or advice `reconnect: "handshake"`,
+//! starts a new session and subscribes again; advice `"none"` stops. The
+//! configured `ext` goes on every message. Replies are matched by id **and**
+//! `successful`. Reference: faye.md §3.
+//!
+//! Why the event stream first: faye-redis drains a client's queue when a
+//! notification arrives while the client has a connection on the server,
+//! and delivers asynchronously; a long poll answered in between (by an
+//! earlier message) closes that connection, and the drained messages are
+//! dropped. Under bursts that loses messages (seen: 19 of 200). A stream
+//! keeps the connection for as long as it is open.
 
 use std::time::Duration;
 

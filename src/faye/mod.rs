@@ -5,8 +5,9 @@
 //! - [`engine`]: a peer of the faye-redis 0.2.0 engine on the Redis the
 //!   Node Faye servers share (actionHero's setup): no Faye server needed,
 //!   but Faye's server extensions do not see what we publish;
-//! - [`http`]: a Bayeux client of a Faye server URL (long-polling), whose
-//!   extensions (auth) see every message.
+//! - [`http`]: a Bayeux client of a Faye server URL (messages pushed down
+//!   an event stream, or long polls), whose extensions (auth) see every
+//!   message.
 //!
 //! On top of either, a [`Faye`] handle publishes (handlers, plugins, the
 //! CLI, actionHero chat via [`Faye::say`]) and subscribes; [`bridge`] turns
@@ -17,8 +18,8 @@
 //! or after it was collected) are lost, and so are messages in a long-poll
 //! reply lost in transit. Reference: faye.md (faye 1.4.3, faye-redis 0.2.0).
 //!
-//! Not here: WebSocket transport (long-polling only), Faye 0.8 /
-//! faye-redis 0.1 layouts, Redis Cluster (faye-redis does not support it).
+//! Not here: the WebSocket transport, Faye 0.8 / faye-redis 0.1 layouts,
+//! Redis Cluster (faye-redis does not support it).
 
 pub mod bridge;
 pub mod channel;
