@@ -36,6 +36,8 @@ struct FayeServer {
     port: u16,
     args: Vec<String>,
     redis: String,
+    /// The `ext.token` it requires of every message (`FAYE_TOKEN`).
+    token: Option<String>,
 }
 
 impl FayeServer {
@@ -63,18 +65,39 @@ impl FayeServer {
 
     fn start(redis: &str, args: Vec<String>) -> FayeServer {
         let port = free_port();
-        let child = FayeServer::spawn(port, &args, redis);
         FayeServer {
-            child,
+            child: FayeServer::spawn(port, &args, redis, None),
             port,
             args,
             redis: redis.to_owned(),
+            token: None,
         }
     }
 
+    /// The same server, refusing every message without `ext.token`.
+    fn requiring_token(mut self, token: &str) -> FayeServer {
+        self.token = Some(token.to_owned());
+        self.restart();
+        self
+    }
+
+    /// A faye-peer client command for this server (with its token).
+    fn client(&self, command: &str) -> Command {
+        let mut c = peer();
+        c.arg(command).arg(self.url());
+        if let Some(token) = &self.token {
+            c.env("FAYE_TOKEN", token);
+        }
+        c
+    }
+
     /// Start the process and wait for its `{"listening":port}` line.
-    fn spawn(port: u16, args: &[String], redis: &str) -> Child {
-        let mut child = peer()
+    fn spawn(port: u16, args: &[String], redis: &str, token: Option<&str>) -> Child {
+        let mut cmd = peer();
+        if let Some(token) = token {
+            cmd.env("FAYE_TOKEN", token);
+        }
+        let mut child = cmd
             .arg("server")
             .arg(port.to_string())
             .args(args)
@@ -107,7 +130,7 @@ impl FayeServer {
     /// Kill it and start it again on the same port.
     fn restart(&mut self) {
         self.stop();
-        self.child = FayeServer::spawn(self.port, &self.args, &self.redis);
+        self.child = FayeServer::spawn(self.port, &self.args, &self.redis, self.token.as_deref());
     }
 }
 
@@ -125,10 +148,9 @@ struct NodeSubscriber {
 
 impl NodeSubscriber {
     /// Subscribe and wait until the server acknowledged every subscription.
-    async fn start(url: &str, patterns: &[&str]) -> NodeSubscriber {
-        let mut child = peer()
-            .arg("subscribe")
-            .arg(url)
+    async fn start(server: &FayeServer, patterns: &[&str]) -> NodeSubscriber {
+        let mut child = server
+            .client("subscribe")
             .args(patterns)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -172,9 +194,9 @@ impl Drop for NodeSubscriber {
 }
 
 /// Publish once from a Node `faye.Client` and wait for the server's ack.
-async fn node_publish(url: &str, channel: &str, data: Value) {
-    let mut cmd = peer();
-    cmd.args(["publish", url, channel, &data.to_string()]);
+async fn node_publish(server: &FayeServer, channel: &str, data: Value) {
+    let mut cmd = server.client("publish");
+    cmd.args([channel, &data.to_string()]);
     run_peer(cmd).await;
 }
 
@@ -256,13 +278,13 @@ async fn exchange_both_ways(faye: &Faye, server: &FayeServer) {
     let mut ours = faye.subscribe(&patterns(&["/node/**"]), &stop).unwrap();
     ours.ready().await.expect("subscribed");
     // Published first, on a channel we did not subscribe to: must not arrive.
-    node_publish(&server.url(), "/other/x", json!({"skip": true})).await;
-    node_publish(&server.url(), "/node/a/b", json!({"from": "node"})).await;
+    node_publish(server, "/other/x", json!({"skip": true})).await;
+    node_publish(server, "/node/a/b", json!({"from": "node"})).await;
     let m = next(&mut ours).await;
     assert_eq!(m.channel, "/node/a/b");
     assert_eq!(m.data, json!({"from": "node"}));
 
-    let theirs = NodeSubscriber::start(&server.url(), &["/rust/*"]).await;
+    let theirs = NodeSubscriber::start(server, &["/rust/*"]).await;
     faye.publish("/rust/deep/er", json!({"skip": true}))
         .await
         .unwrap();
@@ -291,12 +313,21 @@ async fn redis_engine_peer_and_node_clients_exchange_messages_both_ways() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bayeux_http_client_and_node_clients_exchange_messages_both_ways() {
     let t = Ns::new("fayehttp");
-    let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60);
+    // The server refuses any message without the token in its ext: every
+    // message of ours carries the configured ext.
+    let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60).requiring_token("s3cret");
     for connection in [Connection::EventSource, Connection::LongPolling] {
-        let settings = http_settings_with(&server, Duration::from_secs(2), connection);
+        let mut settings = http_settings_with(&server, Duration::from_secs(2), connection);
+        settings.ext = Some(json!({"token": "s3cret"}));
         let faye = Faye::connect(&settings).await.unwrap();
         exchange_both_ways(&faye, &server).await;
     }
+    // Without it, Faye's refusal comes back as an error naming the reason.
+    let faye = Faye::connect(&http_settings(&server, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let err = faye.publish("/rust/x", json!(1)).await.unwrap_err();
+    assert!(err.to_string().contains("403::token required"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -426,7 +457,7 @@ async fn subscriptions_outlive_twice_the_server_timeout() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(a.client_id(), Some(id_a), "never re-registered: kept alive");
     assert_eq!(b.client_id(), Some(id_b), "never re-handshaken: kept alive");
-    node_publish(&server.url(), "/alive/x", json!("still here")).await;
+    node_publish(&server, "/alive/x", json!("still here")).await;
     assert_eq!(next(&mut a).await.data, json!("still here"));
     assert_eq!(next(&mut b).await.data, json!("still here"));
     a.close().await;
@@ -445,12 +476,12 @@ async fn both_transports_keep_receiving_across_a_faye_server_restart() {
     let mut b = http.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
-    let node = NodeSubscriber::start(&server.url(), &["/r/*"]).await;
+    let node = NodeSubscriber::start(&server, &["/r/*"]).await;
     server.restart();
     // Through the new server process: Node publishes, both of ours receive
     // (the http one on its next long poll); we publish, the Node client,
     // reconnected to the new process, receives.
-    node_publish(&server.url(), "/r/after", json!("restarted")).await;
+    node_publish(&server, "/r/after", json!("restarted")).await;
     assert_eq!(next(&mut a).await.data, json!("restarted"));
     assert_eq!(next(&mut b).await.data, json!("restarted"));
     let got = node.wait(1, "the node client to get the message").await;
@@ -478,7 +509,7 @@ async fn http_subscriber_handshakes_again_when_the_server_forgot_it() {
         sub.client_id().is_some_and(|id| id != first)
     })
     .await;
-    node_publish(&server.url(), "/m/x/y", json!("resubscribed")).await;
+    node_publish(&server, "/m/x/y", json!("resubscribed")).await;
     assert_eq!(next(&mut sub).await.data, json!("resubscribed"));
     sub.close().await;
 }
@@ -499,7 +530,7 @@ async fn both_sides_recover_after_redis_restarts() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut ours = faye.subscribe(&patterns(&["/rr/*"]), &stop).unwrap();
     let first = ours.ready().await.unwrap();
-    let node = NodeSubscriber::start(&server.url(), &["/rr/*"]).await;
+    let node = NodeSubscriber::start(&server, &["/rr/*"]).await;
 
     drop(redis_server);
     redis_server = start_redis(port, &[]);
@@ -513,7 +544,7 @@ async fn both_sides_recover_after_redis_restarts() {
     let mut n = 0;
     let to_us = loop {
         n += 1;
-        node_publish(&server.url(), "/rr/node", json!(n)).await;
+        node_publish(&server, "/rr/node", json!(n)).await;
         if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), ours.recv()).await {
             break m;
         }
@@ -586,8 +617,8 @@ args = "message"
     })
     .await;
     // data ["key", "field"] is the args list of AhWorker::Count.
-    node_publish(&server.url(), "/jobs/count", json!(["fayecount", "hits"])).await;
-    node_publish(&server.url(), "/jobs/fail/x", json!({"why": "asked"})).await;
+    node_publish(&server, "/jobs/count", json!(["fayecount", "hits"])).await;
+    node_publish(&server, "/jobs/fail/x", json!({"why": "asked"})).await;
     wait_for_async(10, "the bridged jobs to run", || {
         let hits: Option<i64> = t.conn.hget(t.key("fayecount"), "hits").unwrap();
         hits == Some(1) && t.list("failed").len() == 1
@@ -613,7 +644,7 @@ args = "message"
 async fn job_events_reach_a_node_subscriber() {
     let mut t = Ns::new("fayeevents");
     let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60);
-    let node = NodeSubscriber::start(&server.url(), &["/ahw/**"]).await;
+    let node = NodeSubscriber::start(&server, &["/ahw/**"]).await;
     let settings = Settings::from_toml(
         toml::from_str(&format!(
             r#"
@@ -685,8 +716,8 @@ async fn order_of_messages_from_one_publisher_is_kept() {
     let mut b = http.subscribe(&patterns(&["/o/*"]), &stop).unwrap();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
-    let mut cmd = peer();
-    cmd.args(["publish-many", &server.url(), "/o/node", &N.to_string()]);
+    let mut cmd = server.client("publish-many");
+    cmd.args(["/o/node", &N.to_string()]);
     let started = Instant::now();
     assert_eq!(run_peer(cmd).await["count"], json!(N));
     for sub in [&mut a, &mut b] {
@@ -703,7 +734,7 @@ async fn order_of_messages_from_one_publisher_is_kept() {
 
     // Us → Node, on each transport.
     for (name, faye, channel) in [("redis", &engine, "/o/redis"), ("http", &http, "/o/http")] {
-        let node = NodeSubscriber::start(&server.url(), &[channel]).await;
+        let node = NodeSubscriber::start(&server, &[channel]).await;
         let started = Instant::now();
         for n in 0..N {
             faye.publish(channel, json!({"n": n})).await.unwrap();
@@ -723,7 +754,7 @@ async fn say_and_publish_from_the_cli_reach_node_clients() {
     let t = Ns::new("fayecli");
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
-    let node = NodeSubscriber::start(&server.url(), &["/actionhero/chat/chat", "/cli/*"]).await;
+    let node = NodeSubscriber::start(&server, &["/actionhero/chat/chat", "/cli/*"]).await;
     let config = std::env::temp_dir().join(format!("{}.toml", t.ns));
     std::fs::write(
         &config,
@@ -780,7 +811,7 @@ async fn a_coprocess_plugin_publishes_through_the_worker() {
     let mut t = Ns::new("fayeplugin");
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
-    let node = NodeSubscriber::start(&server.url(), &["/plug/*"]).await;
+    let node = NodeSubscriber::start(&server, &["/plug/*"]).await;
     t.push(
         "q",
         br#"{"class":"Py::Publish","args":["/plug/x",{"from":"python"}]}"#,

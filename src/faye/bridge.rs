@@ -167,6 +167,14 @@ impl Faye {
                 if tokio::time::timeout(EVENT_FLUSH, flush).await.is_err() {
                     warn!("job events still buffered at shutdown were dropped");
                 }
+                info!(
+                    dropped = faye
+                        .inner
+                        .events
+                        .as_ref()
+                        .map_or(0, |s| s.dropped.load(Ordering::Relaxed)),
+                    "faye job events stopped"
+                );
             }
             .instrument(span),
         ))
@@ -219,6 +227,7 @@ pub fn spawn_bridge(
                 }
             }
             subscription.close().await;
+            info!("faye bridge stopped");
         }
         .instrument(span),
     )))

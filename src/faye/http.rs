@@ -625,7 +625,42 @@ impl EventStream {
 
 #[cfg(test)]
 mod tests {
-    use super::EventStream;
+    use super::{Advice, End, EventStream, Next, Reply, next_step};
+    use std::time::Duration;
+
+    fn step(reply: &str, advice: &mut Advice) -> Next {
+        next_step(&serde_json::from_str::<Reply>(reply).unwrap(), advice, "c")
+    }
+
+    #[test]
+    fn connect_replies_say_what_comes_next() {
+        let mut advice = Advice::default();
+        let ok = r#"{"channel":"/meta/connect","successful":true,"id":"1","advice":{"reconnect":"retry","interval":250,"timeout":2000}}"#;
+        assert!(
+            matches!(step(ok, &mut advice), Next::Again(Some(d)) if d == Duration::from_millis(250))
+        );
+        assert_eq!(advice.hold(Duration::ZERO), Duration::from_secs(2));
+        // Advice carries over when a later reply has none.
+        let bare = r#"{"channel":"/meta/connect","successful":true,"id":"2"}"#;
+        assert!(matches!(step(bare, &mut advice), Next::Again(Some(_))));
+        let unknown = r#"{"channel":"/meta/connect","successful":false,"error":"401:c:Unknown client","advice":{"reconnect":"handshake"},"id":"3"}"#;
+        assert!(matches!(
+            step(unknown, &mut advice),
+            Next::End(End::Handshake)
+        ));
+        let none = r#"{"channel":"/meta/connect","successful":true,"advice":{"reconnect":"none"},"id":"4"}"#;
+        assert!(matches!(
+            step(none, &mut Advice::default()),
+            Next::End(End::Stop(None))
+        ));
+        let refused = r#"{"channel":"/meta/connect","successful":false,"error":"no","id":"5"}"#;
+        assert!(matches!(
+            step(refused, &mut Advice::default()),
+            Next::End(End::Handshake)
+        ));
+        let retry = r#"{"channel":"/meta/connect","successful":false,"error":"busy","advice":{"reconnect":"retry"},"id":"6"}"#;
+        assert!(matches!(step(retry, &mut Advice::default()), Next::Retry));
+    }
 
     #[test]
     fn event_stream_splits_events_across_chunks() {

@@ -9,6 +9,9 @@
 //
 // Environment:
 //   REDIS_URL   redis://[:password@]host:port/db, for `server` (default redis://127.0.0.1:6379/0)
+//   FAYE_TOKEN  if set: the server refuses every message whose ext.token is
+//               not this value (error "403::token required"), and the
+//               clients put it in the ext of every message they send
 //
 // Commands:
 //   server PORT NAMESPACE TIMEOUT_S [memory] [GC_S]
@@ -83,6 +86,15 @@ function server(args) {
     options.engine = engine;
   }
   const bayeux = new faye.NodeAdapter(options);
+  const token = process.env.FAYE_TOKEN;
+  if (token) {
+    bayeux.addExtension({
+      incoming(message, callback) {
+        if (!message.ext || message.ext.token !== token) message.error = "403::token required";
+        callback(message);
+      },
+    });
+  }
   const web = http.createServer((req, res) => {
     res.writeHead(404);
     res.end();
@@ -94,7 +106,17 @@ function server(args) {
 }
 
 function client(url) {
-  return new faye.Client(url, { retry: 0.2 });
+  const c = new faye.Client(url, { retry: 0.2 });
+  const token = process.env.FAYE_TOKEN;
+  if (token) {
+    c.addExtension({
+      outgoing(message, callback) {
+        message.ext = Object.assign({}, message.ext, { token });
+        callback(message);
+      },
+    });
+  }
+  return c;
 }
 
 function subscribe(args) {
