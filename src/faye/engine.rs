@@ -229,8 +229,8 @@ impl EngineSubscriber {
         let keys = self.engine.keys.clone();
         let mut delay = RETRY_MIN;
         loop {
-            // Cancel-safety: nothing is held yet; a stop only abandons the
-            // connection attempt.
+            // Cancel-safety: a stop only abandons the connection attempt;
+            // our client, if registered, is destroyed by the caller.
             let connected = tokio::select! {
                 _ = stop.cancelled() => return,
                 r = self.listen(&keys) => r,
