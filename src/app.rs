@@ -48,6 +48,16 @@ pub fn main(registry: Registry) -> ExitCode {
             }
         }
     }
+    if let Some(Command::Faye {
+        action: crate::cli::FayeAction::Publish { data, .. },
+    }) = &cli.command
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(data)
+    {
+        eprintln!(
+            "ah-worker: error: the data {data:?} is not JSON ({e}); expected e.g. '{{\"n\": 1}}'"
+        );
+        return ExitCode::from(2);
+    }
     // The admin commands report in their output; logs only for errors
     // unless asked for.
     let admin_default = cli.command.as_ref().is_some_and(crate::admin::is_admin)
@@ -91,6 +101,14 @@ pub fn main(registry: Registry) -> ExitCode {
             }
             Some(Command::Workers { action, output }) => {
                 crate::admin::workers(&config, action, output).await
+            }
+            Some(Command::Faye { action }) => faye_command(&config, action).await,
+            Some(Command::Say { room, message }) => {
+                faye_handle(&config)
+                    .await?
+                    .say(&room, message.into())
+                    .await?;
+                Ok(())
             }
         }
     });
@@ -164,6 +182,19 @@ pub async fn run(
                 .spawn_sweeper(settings.sweep_every, stop_background.clone()),
         );
         services = services.with_actionhero(ah);
+    }
+    if let Some(settings) = &config.faye {
+        let faye = crate::faye::Faye::connect(settings)
+            .await
+            .context("cannot start faye")?;
+        services = services.with_faye(faye.clone());
+        background.extend(faye.spawn_events(stop_background.clone()));
+        background.extend(crate::faye::spawn_bridge(
+            &faye,
+            settings.rules.clone(),
+            services.clone(),
+            stop_background.clone(),
+        )?);
     }
     let runner = Runner {
         services,
@@ -348,6 +379,54 @@ async fn rooms_command(config: &Config, action: crate::cli::RoomsAction) -> anyh
             if !ah.rooms.remove_member(&room, &id).await? {
                 anyhow::bail!("{id} is not in {room}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Faye as configured (`[faye]`), or with its defaults: the worker's Redis,
+/// namespace `faye:`.
+async fn faye_handle(config: &Config) -> anyhow::Result<crate::faye::Faye> {
+    let settings = config.faye.clone().unwrap_or_else(|| {
+        crate::faye::Settings::defaults(
+            &config.redis_url,
+            &config.redis_tls,
+            &config.host_name.clone().unwrap_or_else(hostname),
+        )
+    });
+    crate::faye::Faye::connect(&settings)
+        .await
+        .context("cannot connect to faye")
+}
+
+/// `ah-worker faye ...`.
+async fn faye_command(config: &Config, action: crate::cli::FayeAction) -> anyhow::Result<()> {
+    use crate::cli::FayeAction;
+    let faye = faye_handle(config).await?;
+    match action {
+        FayeAction::Publish { channel, data } => {
+            let data = serde_json::from_str(&data).expect("validated before the runtime started");
+            faye.publish(&channel, data).await?;
+        }
+        FayeAction::Subscribe { patterns } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let mut sub = faye.subscribe(&patterns, &stop)?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            loop {
+                // Cancel-safety: on INT or TERM the subscription is closed
+                // (its Faye client destroyed); messages not yet received are
+                // lost.
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    m = sub.recv() => match m {
+                        Some(m) => println!("{}", serde_json::json!({"channel": m.channel, "data": m.data})),
+                        None => anyhow::bail!("the subscription ended"),
+                    },
+                }
+            }
+            sub.close().await;
         }
     }
     Ok(())

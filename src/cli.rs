@@ -107,6 +107,21 @@ pub enum Command {
         #[command(subcommand)]
         action: RoomsAction,
     },
+    /// Faye pub/sub (the `[faye]` section; without one, the worker's Redis
+    /// with actionHero's `faye:` namespace).
+    Faye {
+        /// What to do.
+        #[command(subcommand)]
+        action: FayeAction,
+    },
+    /// Say MESSAGE in an actionHero chat room, on every actionHero node
+    /// (needs `server_token` in the `[faye]` section).
+    Say {
+        /// The room.
+        room: String,
+        /// The message text.
+        message: String,
+    },
     /// Show the delayed jobs and the scheduler leader.
     Schedule {
         /// At most this many due times.
@@ -241,6 +256,25 @@ pub enum CacheAction {
     },
     /// List the keys.
     List,
+}
+
+/// `ah-worker faye ...`.
+#[derive(Debug, Subcommand)]
+pub enum FayeAction {
+    /// Publish JSON data on a channel, e.g. `/jobs/report '{"day":1}'`.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The message's data, as JSON.
+        data: String,
+    },
+    /// Print the messages of channels or patterns (`/jobs/**`) as JSON
+    /// lines, until Ctrl-C.
+    Subscribe {
+        /// Channels or patterns.
+        #[arg(required = true)]
+        patterns: Vec<String>,
+    },
 }
 
 /// `ah-worker rooms ...`.

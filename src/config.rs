@@ -121,6 +121,8 @@ pub struct Config {
     pub redis_url: String,
     /// Where Redis is, parsed from the URL and the TLS files.
     pub redis: crate::connection::Target,
+    /// The TLS files of `redis` (also used for Faye's Redis).
+    pub redis_tls: crate::connection::TlsFiles,
     /// Key namespace (`resque`).
     pub namespace: String,
     /// Queue entries as configured: names, `*`/glob patterns, `!exclusions`.
@@ -164,6 +166,8 @@ pub struct Config {
     /// actionHero shared state (the `[actionhero]` section); `None`: the
     /// worker writes none of it.
     pub actionhero: Option<crate::actionhero::Settings>,
+    /// Faye pub/sub and the bridge to jobs (the `[faye]` section).
+    pub faye: Option<crate::faye::Settings>,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -199,6 +203,7 @@ struct FileConfig {
     #[serde(default)]
     classes: Vec<toml::Value>,
     actionhero: Option<toml::Value>,
+    faye: Option<toml::Value>,
 }
 
 /// `queues = "a,b"` or `queues = ["a", "b"]`.
@@ -587,6 +592,16 @@ impl Config {
                     .map_err(ConfigError::Schedule)?,
             ),
         };
+        let faye = match file.faye {
+            None => None,
+            Some(v) => {
+                let id = actionhero.as_ref().map_or(&server_id, |a| &a.server_id);
+                Some(
+                    crate::faye::Settings::from_toml(v, &redis_url, &tls, id)
+                        .map_err(ConfigError::Schedule)?,
+                )
+            }
+        };
 
         let mut plugins = Vec::new();
         for (i, table) in file.plugins.into_iter().enumerate() {
@@ -606,6 +621,7 @@ impl Config {
         Ok(Config {
             redis_url,
             redis: redis_target,
+            redis_tls: tls,
             namespace,
             queues,
             concurrency,
@@ -627,6 +643,7 @@ impl Config {
             schedules,
             policies,
             actionhero,
+            faye,
         })
     }
 }

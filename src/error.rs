@@ -15,6 +15,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("configuration")]
     Config(#[from] ConfigError),
+    /// Faye refused or could not be reached.
+    #[error("faye")]
+    Faye(#[from] crate::faye::FayeError),
 }
 
 /// The library's result type.

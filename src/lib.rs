@@ -12,6 +12,7 @@
 //! - [`handler`] — the [`handler::Handler`] trait, the class registry, built-in handlers.
 //! - [`plugin`] — handler plugins in any language: exec, coprocess, http.
 //! - [`worker`] — the [`worker::Runner`] owning the job slots, and job execution.
+//! - [`faye`] — Faye pub/sub with Node peers (faye-redis engine or Bayeux over HTTP), the bridge to jobs.
 //! - [`scheduler`] — moves due delayed jobs, one leader at a time.
 //! - [`shutdown`] — control commands and the stop report; [`signals`] maps OS signals to them.
 //! - [`glob`] — Ruby-style glob patterns for queue lists and plugin classes.
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod faye;
 pub mod glob;
 pub mod handler;
 pub mod plugin;

@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod chaos;
 mod cli;
+mod faye;
 mod node;
 mod plugins;
 mod policies;

@@ -52,6 +52,7 @@ pub struct Services {
     store: Option<crate::resque::Store>,
     policies: Arc<crate::worker::policy::Policies>,
     actionhero: Option<crate::actionhero::ActionHero>,
+    faye: Option<crate::faye::Faye>,
 }
 
 impl Services {
@@ -65,6 +66,7 @@ impl Services {
             store: Some(store),
             policies,
             actionhero: None,
+            faye: None,
         }
     }
 
@@ -80,6 +82,18 @@ impl Services {
         self.actionhero.as_ref()
     }
 
+    /// The same services with Faye.
+    pub fn with_faye(mut self, faye: crate::faye::Faye) -> Services {
+        self.faye = Some(faye);
+        self
+    }
+
+    /// Faye, when the worker is configured with a `[faye]` section:
+    /// `publish(channel, data)`, actionHero's `say(room, message)`.
+    pub fn faye(&self) -> Option<&crate::faye::Faye> {
+        self.faye.as_ref()
+    }
+
     /// Services of nothing, for running a handler outside a worker (tests);
     /// every call fails.
     pub fn detached() -> Services {
@@ -87,6 +101,7 @@ impl Services {
             store: None,
             policies: Arc::default(),
             actionhero: None,
+            faye: None,
         }
     }
 

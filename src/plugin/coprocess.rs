@@ -549,6 +549,30 @@ async fn call(services: &Services, method: &str, params: Value) -> Result<Value,
             )?;
             actionhero_call(ah, method, &params).await
         }
+        "faye.publish" | "faye.say" => {
+            let faye = services
+                .faye()
+                .ok_or("Faye is not enabled on this worker (no [faye] section)")?;
+            let text = |name: &str| {
+                params[name]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| format!("`{name}` must be a non-empty string"))
+            };
+            let field = |name: &str| {
+                params
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("`{name}` is required"))
+            };
+            let sent = if method == "faye.publish" {
+                faye.publish(text("channel")?, field("data")?).await
+            } else {
+                faye.say(text("room")?, field("message")?).await
+            };
+            sent.map(|()| Value::Null)
+                .map_err(|e| format!("{method} failed: {:#}", anyhow::Error::new(e)))
+        }
         other => Err(format!("unknown method {other:?}")),
     }
 }

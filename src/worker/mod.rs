@@ -23,6 +23,7 @@ pub use pool::Runner;
 pub use queues::QueueSpec;
 pub use recovery::{DeadWorkerJobs, Recoverer, SlotRecovery};
 
+use crate::faye::JobEvent;
 use crate::handler::{JobContext, JobError, PutBack, Registry};
 use crate::resque::{Job, payload};
 use policy::{ClassPolicy, Policies};
@@ -110,6 +111,16 @@ pub async fn execute(
     let job_copy =
         (!policies.is_empty() || ctx.services.actionhero().is_some()).then(|| job.clone());
     let worker = ctx.worker.clone();
+    // Job events on Faye (`[faye.events]`): queued, never waited for.
+    let events = ctx
+        .services
+        .faye()
+        .filter(|f| f.wants_job_events(&class))
+        .cloned();
+    if let Some(f) = &events {
+        f.job_event(JobEvent::Started, &class, queue, &worker);
+    }
+    let handler_started = Instant::now();
     // The handler future is polled inside catch_unwind, so a panic in a
     // handler fails its job and leaves the slot alive.
     let result = AssertUnwindSafe(handler.perform(job, ctx))
@@ -130,6 +141,21 @@ pub async fn execute(
             Outcome::Failed(JobError::new("AhWorker::Panic", message))
         }
     };
+    if let Some(f) = &events {
+        let duration = handler_started.elapsed();
+        let event = match &outcome {
+            Outcome::Succeeded => Some(JobEvent::Succeeded { duration }),
+            Outcome::Failed(e) => Some(JobEvent::Failed {
+                duration,
+                exception: &e.exception,
+                error: &e.message,
+            }),
+            _ => None,
+        };
+        if let Some(event) = event {
+            f.job_event(event, &class, queue, &worker);
+        }
+    }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match &outcome {
         Outcome::Succeeded => debug!(class, queue, worker, elapsed_ms, "job performed"),

@@ -249,6 +249,7 @@ impl Ns {
         Config {
             redis_url: self.url.clone(),
             redis: self.target(),
+            redis_tls: Default::default(),
             namespace: self.ns.clone(),
             queues: queues.iter().map(|s| s.to_string()).collect(),
             concurrency,
@@ -270,6 +271,7 @@ impl Ns {
             schedules: Vec::new(),
             policies: Default::default(),
             actionhero: None,
+            faye: None,
         }
     }
 

@@ -22,6 +22,8 @@ Classes handled here (declared as "Py::*" in plugin.toml):
     Py::Sleep    sleeps args[0] seconds (without holding up other jobs)
     Py::Enqueue  enqueues job args[0] on queue args[1] with args args[2]
                  (and a delay of args[3] seconds, if given)
+    Py::Publish  publishes args[1] on the Faye channel args[0] (the worker
+                 needs a [faye] section)
     Py::Crash    the whole process exits with status 3, answering nothing
 
 Try it by hand:
@@ -164,6 +166,15 @@ def enqueue(job):
         raise RuntimeError(reply.get("error") or "enqueue failed")
 
 
+def publish(job):
+    args = job.get("args") or []
+    if len(args) < 2:
+        raise ArgumentError("expected [channel, data]")
+    reply = calls.call("faye.publish", {"channel": args[0], "data": args[1]}, job["id"])
+    if not reply.get("ok"):
+        raise RuntimeError(reply.get("error") or "faye.publish failed")
+
+
 def crash(job):
     # os._exit ends the process at once: no result, no cleanup. The worker
     # fails this process's jobs in flight and starts a new process.
@@ -176,6 +187,7 @@ HANDLERS = {
     "Py::Fail": fail,
     "Py::Sleep": sleep,
     "Py::Enqueue": enqueue,
+    "Py::Publish": publish,
     "Py::Crash": crash,
 }
 

@@ -1,0 +1,847 @@
+//! Faye interop with the real faye 1.4.3 + faye-redis 0.2.0 (tests/node,
+//! pinned in its package-lock; tests/node/faye-peer.js runs a Faye server and
+//! faye.Client subscribers and publishers): both transports, both
+//! directions, wildcards, liveness past the server timeout, restarts of the
+//! Faye server and of Redis, the bridge to jobs, job events, order, the CLI
+//! and the plugin call. Issue 8.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ah_worker::faye::http::Connection;
+use ah_worker::faye::{Faye, Settings, Subscription, Transport};
+use redis::Commands;
+use serde_json::{Value, json};
+
+use crate::util::{InProcess, Ns, free_port, root, start_redis, wait_for_async};
+
+/// The Node peer script.
+fn peer() -> Command {
+    let dir = root().join("tests/node");
+    assert!(
+        dir.join("node_modules/faye-redis").exists(),
+        "faye peers not installed: run scripts/install-deps"
+    );
+    let mut c = Command::new("node");
+    c.arg(dir.join("faye-peer.js"));
+    c
+}
+
+/// A Faye server: faye 1.4.3's NodeAdapter at `/faye` with the faye-redis
+/// engine (or the memory engine), killed on drop.
+struct FayeServer {
+    child: Child,
+    port: u16,
+    args: Vec<String>,
+    redis: String,
+    /// The `ext.token` it requires of every message (`FAYE_TOKEN`).
+    token: Option<String>,
+}
+
+impl FayeServer {
+    /// A faye-redis server on `redis` under `ns` with `timeout` seconds and a
+    /// GC sweep every `gc` seconds.
+    fn redis(redis: &str, ns: &str, timeout: f64, gc: u32) -> FayeServer {
+        FayeServer::start(
+            redis,
+            vec![
+                ns.into(),
+                timeout.to_string(),
+                "redis".into(),
+                gc.to_string(),
+            ],
+        )
+    }
+
+    /// A memory-engine server: it forgets every client when it restarts.
+    fn memory(timeout: f64) -> FayeServer {
+        FayeServer::start(
+            "redis://127.0.0.1:1/0",
+            vec!["-".into(), timeout.to_string(), "memory".into()],
+        )
+    }
+
+    fn start(redis: &str, args: Vec<String>) -> FayeServer {
+        let port = free_port();
+        FayeServer {
+            child: FayeServer::spawn(port, &args, redis, None),
+            port,
+            args,
+            redis: redis.to_owned(),
+            token: None,
+        }
+    }
+
+    /// The same server, refusing every message without `ext.token`.
+    fn requiring_token(mut self, token: &str) -> FayeServer {
+        self.token = Some(token.to_owned());
+        self.restart();
+        self
+    }
+
+    /// A faye-peer client command for this server (with its token).
+    fn client(&self, command: &str) -> Command {
+        let mut c = peer();
+        c.arg(command).arg(self.url());
+        if let Some(token) = &self.token {
+            c.env("FAYE_TOKEN", token);
+        }
+        c
+    }
+
+    /// Start the process and wait for its `{"listening":port}` line.
+    fn spawn(port: u16, args: &[String], redis: &str, token: Option<&str>) -> Child {
+        let mut cmd = peer();
+        if let Some(token) = token {
+            cmd.env("FAYE_TOKEN", token);
+        }
+        let mut child = cmd
+            .arg("server")
+            .arg(port.to_string())
+            .args(args)
+            .env("REDIS_URL", redis)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node must be installed");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).ok(),
+            Some(json!({"listening": port})),
+            "faye server did not start: {line:?}"
+        );
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/faye", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kill it and start it again on the same port.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = FayeServer::spawn(self.port, &self.args, &self.redis, self.token.as_deref());
+    }
+}
+
+impl Drop for FayeServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Node `faye.Client` subscribed to some channels, printing what it gets.
+struct NodeSubscriber {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl NodeSubscriber {
+    /// Subscribe and wait until the server acknowledged every subscription.
+    async fn start(server: &FayeServer, patterns: &[&str]) -> NodeSubscriber {
+        let mut child = server
+            .client("subscribe")
+            .args(patterns)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node must be installed");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("faye-peer printed {line:?}: {e}"));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let s = NodeSubscriber { child, lines };
+        wait_for_async(10, "the node subscriber to be subscribed", || {
+            s.lines.lock().unwrap().first() == Some(&json!({"ready": true}))
+        })
+        .await;
+        s
+    }
+
+    /// Messages received so far, `{"channel","data"}` each.
+    fn messages(&self) -> Vec<Value> {
+        self.lines.lock().unwrap()[1..].to_vec()
+    }
+
+    /// Wait until at least `n` messages arrived; returns them all.
+    async fn wait(&self, n: usize, what: &str) -> Vec<Value> {
+        wait_for_async(15, what, || self.messages().len() >= n).await;
+        self.messages()
+    }
+}
+
+impl Drop for NodeSubscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publish once from a Node `faye.Client` and wait for the server's ack.
+async fn node_publish(server: &FayeServer, channel: &str, data: Value) {
+    let mut cmd = server.client("publish");
+    cmd.args([channel, &data.to_string()]);
+    run_peer(cmd).await;
+}
+
+async fn run_peer(mut cmd: Command) -> Value {
+    let out = tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output())
+        .await
+        .unwrap()
+        .expect("node must be installed");
+    assert!(
+        out.status.success(),
+        "faye-peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The faye-redis namespace of a test.
+fn faye_ns(t: &Ns) -> String {
+    format!("{}:faye:", t.ns)
+}
+
+fn redis_settings(url: &str, ns: &str, timeout: Duration) -> Settings {
+    let mut s = Settings::defaults(url, &Default::default(), "rust-test");
+    s.transport = Transport::Redis {
+        url: url.to_owned(),
+        tls: Default::default(),
+        namespace: ns.to_owned(),
+    };
+    s.timeout = timeout;
+    s
+}
+
+fn http_settings(server: &FayeServer, timeout: Duration) -> Settings {
+    http_settings_with(server, timeout, Connection::EventSource)
+}
+
+fn http_settings_with(server: &FayeServer, timeout: Duration, connection: Connection) -> Settings {
+    let mut s = Settings::defaults("redis://unused", &Default::default(), "rust-test");
+    s.transport = Transport::Http {
+        url: server.url(),
+        connection,
+    };
+    s.timeout = timeout;
+    s
+}
+
+/// A Faye handle per transport: the engine peer on `ns` at `url`, and the
+/// Bayeux client of `server`.
+async fn both_transports(
+    url: &str,
+    ns: &str,
+    server: &FayeServer,
+    timeout: Duration,
+) -> (Faye, Faye) {
+    let engine = Faye::connect(&redis_settings(url, ns, timeout))
+        .await
+        .unwrap();
+    let http = Faye::connect(&http_settings(server, timeout))
+        .await
+        .unwrap();
+    (engine, http)
+}
+
+/// The next message of `sub`, within 10 s.
+async fn next(sub: &mut Subscription) -> ah_worker::faye::Message {
+    tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("no message within 10 s")
+        .expect("the subscription ended")
+}
+
+fn patterns(p: &[&str]) -> Vec<String> {
+    p.iter().map(|s| s.to_string()).collect()
+}
+
+/// Both directions over one transport: a Node client publishes to our
+/// wildcard subscription, we publish to a Node client's wildcard one.
+async fn exchange_both_ways(faye: &Faye, server: &FayeServer) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut ours = faye.subscribe(&patterns(&["/node/**"]), &stop).unwrap();
+    ours.ready().await.expect("subscribed");
+    // Published first, on a channel we did not subscribe to: must not arrive.
+    node_publish(server, "/other/x", json!({"skip": true})).await;
+    node_publish(server, "/node/a/b", json!({"from": "node"})).await;
+    let m = next(&mut ours).await;
+    assert_eq!(m.channel, "/node/a/b");
+    assert_eq!(m.data, json!({"from": "node"}));
+
+    let theirs = NodeSubscriber::start(server, &["/rust/*"]).await;
+    faye.publish("/rust/deep/er", json!({"skip": true}))
+        .await
+        .unwrap();
+    faye.publish("/rust/x", json!({"from": "rust", "list": [1, "é"]}))
+        .await
+        .unwrap();
+    let got = theirs.wait(1, "our message at the node client").await;
+    assert_eq!(
+        got[0],
+        json!({"channel": "/rust/x", "data": {"from": "rust", "list": [1, "é"]}})
+    );
+    ours.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_engine_peer_and_node_clients_exchange_messages_both_ways() {
+    let t = Ns::new("fayeredis");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    let faye = Faye::connect(&redis_settings(&t.url, &ns, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    exchange_both_ways(&faye, &server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bayeux_http_client_and_node_clients_exchange_messages_both_ways() {
+    let t = Ns::new("fayehttp");
+    // The server refuses any message without the token in its ext: every
+    // message of ours carries the configured ext.
+    let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60).requiring_token("s3cret");
+    for connection in [Connection::EventSource, Connection::LongPolling] {
+        let mut settings = http_settings_with(&server, Duration::from_secs(2), connection);
+        settings.ext = Some(json!({"token": "s3cret"}));
+        let faye = Faye::connect(&settings).await.unwrap();
+        exchange_both_ways(&faye, &server).await;
+    }
+    // Without it, Faye's refusal comes back as an error naming the reason.
+    let faye = Faye::connect(&http_settings(&server, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let err = faye.publish("/rust/x", json!(1)).await.unwrap_err();
+    assert!(err.to_string().contains("403::token required"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_peer_writes_the_faye_redis_layout() {
+    let mut t = Ns::new("fayelayout");
+    let ns = faye_ns(&t);
+    let faye = Faye::connect(&redis_settings(&t.url, &ns, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let before = chrono::Utc::now().timestamp_millis();
+    let mut sub = faye.subscribe(&patterns(&["/l/**"]), &stop).unwrap();
+    let id = sub.ready().await.unwrap();
+    assert_eq!(id.len(), 31);
+    // Registered with a real timestamp, subscribed on both sides.
+    let score: f64 = t.conn.zscore(format!("{ns}/clients"), &id).unwrap();
+    assert!(score as i64 >= before, "score {score} is a real time");
+    let channels: Vec<String> = t
+        .conn
+        .smembers(format!("{ns}/clients/{id}/channels"))
+        .unwrap();
+    assert_eq!(channels, ["/l/**"]);
+    let members: Vec<String> = t.conn.smembers(format!("{ns}/channels/l/**")).unwrap();
+    assert_eq!(members, std::slice::from_ref(&id));
+
+    // A stale subscriber (last ping long ago) and a live one we drain by
+    // hand: the message is queued for the live one only, in Faye's shape.
+    let stale_ping = chrono::Utc::now().timestamp_millis() - 60_000;
+    let _: () = t
+        .conn
+        .zadd(format!("{ns}/clients"), "stalepeer", stale_ping)
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let _: () = t
+        .conn
+        .zadd(format!("{ns}/clients"), "handpeer", now)
+        .unwrap();
+    for cid in ["stalepeer", "handpeer"] {
+        let _: () = t.conn.sadd(format!("{ns}/channels/l/*"), cid).unwrap();
+    }
+    faye.publish("/l/x", json!({"k": [1, 2]})).await.unwrap();
+    let queued: Vec<String> = t
+        .conn
+        .lrange(format!("{ns}/clients/handpeer/messages"), 0, -1)
+        .unwrap();
+    let stored: serde_json::Map<String, Value> = serde_json::from_str(&queued[0]).unwrap();
+    let keys: Vec<&str> = stored.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["channel", "data", "id"],
+        "no successful, advice or error"
+    );
+    assert_eq!(stored["data"], json!({"k": [1, 2]}));
+    let stale: bool = t
+        .conn
+        .exists(format!("{ns}/clients/stalepeer/messages"))
+        .unwrap();
+    assert!(!stale, "a dead client's queue is dropped, as Node does");
+    // Our own subscriber got it too (one copy, through /l/**).
+    assert_eq!(next(&mut sub).await.channel, "/l/x");
+
+    // A clean shutdown destroys our client as faye-redis's destroyClient.
+    sub.close().await;
+    let score: Option<f64> = t.conn.zscore(format!("{ns}/clients"), &id).unwrap();
+    assert_eq!(score, None);
+    let members: Vec<String> = t.conn.smembers(format!("{ns}/channels/l/**")).unwrap();
+    assert!(members.is_empty());
+    let left: bool = t
+        .conn
+        .exists(format!("{ns}/clients/{id}/channels"))
+        .unwrap();
+    assert!(!left);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_client_registers_again_after_being_collected() {
+    let mut t = Ns::new("fayecollect");
+    let ns = faye_ns(&t);
+    let faye = Faye::connect(&redis_settings(&t.url, &ns, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut sub = faye.subscribe(&patterns(&["/c/*"]), &stop).unwrap();
+    let first = sub.ready().await.unwrap();
+    // What faye-redis's GC does to a client: gone from the set, its
+    // subscriptions removed, `close` published with its id.
+    let _: () = t.conn.zrem(format!("{ns}/clients"), &first).unwrap();
+    let _: () = t.conn.srem(format!("{ns}/channels/c/*"), &first).unwrap();
+    let _: () = t
+        .conn
+        .publish(format!("{ns}/notifications/close"), &first)
+        .unwrap();
+    wait_for_async(5, "a new registration after close", || {
+        sub.client_id().is_some_and(|id| id != first)
+    })
+    .await;
+    let second = sub.client_id().unwrap();
+    faye.publish("/c/x", json!(1)).await.unwrap();
+    assert_eq!(next(&mut sub).await.data, json!(1));
+    // Removed without a notification: the next ping notices.
+    let _: () = t.conn.zrem(format!("{ns}/clients"), &second).unwrap();
+    wait_for_async(5, "a new registration after a silent removal", || {
+        sub.client_id().is_some_and(|id| id != second)
+    })
+    .await;
+    let members: Vec<String> = t.conn.smembers(format!("{ns}/channels/c/*")).unwrap();
+    assert!(members.contains(&sub.client_id().unwrap()), "{members:?}");
+    faye.publish("/c/y", json!(2)).await.unwrap();
+    assert_eq!(next(&mut sub).await.data, json!(2));
+    sub.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_outlive_twice_the_server_timeout() {
+    let t = Ns::new("fayealive");
+    let ns = faye_ns(&t);
+    // timeout 1 s, GC every second: an idle client is unknown after 1.6 s
+    // and destroyed by the first sweep after 2 s.
+    let server = FayeServer::redis(&t.url, &ns, 1.0, 1);
+    let timeout = Duration::from_secs(1);
+    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut a = engine.subscribe(&patterns(&["/alive/**"]), &stop).unwrap();
+    let mut b = http.subscribe(&patterns(&["/alive/*"]), &stop).unwrap();
+    let (id_a, id_b) = (a.ready().await.unwrap(), b.ready().await.unwrap());
+    // The point of the test is time passing: 2 T plus a GC period, and more.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(a.client_id(), Some(id_a), "never re-registered: kept alive");
+    assert_eq!(b.client_id(), Some(id_b), "never re-handshaken: kept alive");
+    node_publish(&server, "/alive/x", json!("still here")).await;
+    assert_eq!(next(&mut a).await.data, json!("still here"));
+    assert_eq!(next(&mut b).await.data, json!("still here"));
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_transports_keep_receiving_across_a_faye_server_restart() {
+    let t = Ns::new("fayerestart");
+    let ns = faye_ns(&t);
+    let mut server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    let timeout = Duration::from_secs(2);
+    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut a = engine.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
+    let mut b = http.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
+    a.ready().await.unwrap();
+    b.ready().await.unwrap();
+    let node = NodeSubscriber::start(&server, &["/r/*"]).await;
+    server.restart();
+    // Through the new server process: Node publishes, both of ours receive
+    // (the http one on its next long poll); we publish, the Node client,
+    // reconnected to the new process, receives.
+    node_publish(&server, "/r/after", json!("restarted")).await;
+    assert_eq!(next(&mut a).await.data, json!("restarted"));
+    assert_eq!(next(&mut b).await.data, json!("restarted"));
+    let got = node.wait(1, "the node client to get the message").await;
+    assert_eq!(got[0]["data"], json!("restarted"));
+    engine.publish("/r/ours", json!("from rust")).await.unwrap();
+    let got = node.wait(2, "the node client to get ours").await;
+    assert_eq!(got[1]["data"], json!("from rust"));
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_subscriber_handshakes_again_when_the_server_forgot_it() {
+    // The memory engine loses every client with the process: the next
+    // connect gets 401 / advice handshake.
+    let mut server = FayeServer::memory(1.0);
+    let faye = Faye::connect(&http_settings(&server, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut sub = faye.subscribe(&patterns(&["/m/**"]), &stop).unwrap();
+    let first = sub.ready().await.unwrap();
+    server.restart();
+    wait_for_async(10, "a new handshake", || {
+        sub.client_id().is_some_and(|id| id != first)
+    })
+    .await;
+    node_publish(&server, "/m/x/y", json!("resubscribed")).await;
+    assert_eq!(next(&mut sub).await.data, json!("resubscribed"));
+    sub.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_sides_recover_after_redis_restarts() {
+    // A Redis of our own, restarted empty (no persistence): every Faye
+    // client, subscription and queued message is gone.
+    let port = free_port();
+    let mut redis_server = start_redis(port, &[]);
+    let url = redis_server.url();
+    let t = Ns::on(&url, "fayeredisrestart");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&url, &ns, 1.0, 60);
+    let faye = Faye::connect(&redis_settings(&url, &ns, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut ours = faye.subscribe(&patterns(&["/rr/*"]), &stop).unwrap();
+    let first = ours.ready().await.unwrap();
+    let node = NodeSubscriber::start(&server, &["/rr/*"]).await;
+
+    drop(redis_server);
+    redis_server = start_redis(port, &[]);
+    let back = Instant::now();
+    wait_for_async(15, "our engine client to register again", || {
+        ours.client_id().is_some_and(|id| id != first)
+    })
+    .await;
+    // Faye is at-most-once: until both sides are registered again, messages
+    // are lost. Publish every 200 ms until one arrives, each way.
+    let mut n = 0;
+    let to_us = loop {
+        n += 1;
+        node_publish(&server, "/rr/node", json!(n)).await;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), ours.recv()).await {
+            break m;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "node → us never recovered"
+        );
+    };
+    let node_gap = back.elapsed();
+    let mut k = 0;
+    loop {
+        k += 1;
+        // Publishing may fail while our connection reconnects.
+        let _ = faye.publish("/rr/rust", json!(k)).await;
+        if !node.messages().is_empty() {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "us → node never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "faye after a Redis restart: node → us after {node_gap:?} ({} publishes lost), us → node after {:?} ({} lost)",
+        n - 1,
+        back.elapsed(),
+        k - 1
+    );
+    assert_eq!(to_us.channel, "/rr/node");
+    ours.close().await;
+    drop(redis_server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bridge_rules_turn_node_publishes_into_jobs() {
+    let mut t = Ns::new("fayebridge");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    let settings = Settings::from_toml(
+        toml::from_str(&format!(
+            r#"
+namespace = "{ns}"
+timeout = 2
+[[subscribe]]
+channel = "/jobs/count"
+class = "AhWorker::Count"
+queue = "faye"
+[[subscribe]]
+channel = "/jobs/fail/*"
+class = "AhWorker::Fail"
+queue = "faye"
+args = "message"
+"#
+        ))
+        .unwrap(),
+        &t.url,
+        &Default::default(),
+        "rust-test",
+    )
+    .unwrap();
+    let mut config = t.config(&["faye"], 2);
+    config.faye = Some(settings);
+    let worker = InProcess::builtin(config);
+    wait_for_async(10, "the bridge to subscribe", || {
+        let members: Vec<String> = t
+            .conn
+            .smembers(format!("{ns}/channels/jobs/fail/*"))
+            .unwrap();
+        !members.is_empty()
+    })
+    .await;
+    // data ["key", "field"] is the args list of AhWorker::Count.
+    node_publish(&server, "/jobs/count", json!(["fayecount", "hits"])).await;
+    node_publish(&server, "/jobs/fail/x", json!({"why": "asked"})).await;
+    wait_for_async(10, "the bridged jobs to run", || {
+        let hits: Option<i64> = t.conn.hget(t.key("fayecount"), "hits").unwrap();
+        hits == Some(1) && t.list("failed").len() == 1
+    })
+    .await;
+    let failure = &t.failures()[0];
+    assert_eq!(failure["payload"]["class"], json!("AhWorker::Fail"));
+    let arg = &failure["payload"]["args"][0];
+    assert_eq!(arg["channel"], json!("/jobs/fail/x"));
+    assert_eq!(arg["data"], json!({"why": "asked"}));
+    assert!(arg["id"].is_string());
+    assert_eq!(t.int("stat:processed"), 2);
+    worker.stop().await;
+    // The bridge's client was destroyed on shutdown.
+    let members: Vec<String> = t
+        .conn
+        .smembers(format!("{ns}/channels/jobs/count"))
+        .unwrap();
+    assert!(members.is_empty(), "{members:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_events_reach_a_node_subscriber() {
+    let mut t = Ns::new("fayeevents");
+    let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60);
+    let node = NodeSubscriber::start(&server, &["/ahw/**"]).await;
+    let settings = Settings::from_toml(
+        toml::from_str(&format!(
+            r#"
+transport = "http"
+url = "{}"
+timeout = 2
+[events]
+channel = "/ahw/events"
+classes = ["AhWorker::*"]
+"#,
+            server.url()
+        ))
+        .unwrap(),
+        &t.url,
+        &Default::default(),
+        "rust-test",
+    )
+    .unwrap();
+    t.push("ev", br#"{"class":"AhWorker::Noop","args":[]}"#);
+    t.push(
+        "ev",
+        br#"{"class":"AhWorker::Fail","args":["broken on purpose"]}"#,
+    );
+    let mut config = t.config(&["ev"], 1);
+    config.interval = Duration::ZERO;
+    config.faye = Some(settings);
+    InProcess::builtin(config).join().await;
+    let got = node.wait(4, "four job events").await;
+    let events: Vec<&Value> = got.iter().map(|m| &m["data"]).collect();
+    assert!(got.iter().all(|m| m["channel"] == json!("/ahw/events")));
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["class"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("started", "AhWorker::Noop"),
+            ("succeeded", "AhWorker::Noop"),
+            ("started", "AhWorker::Fail"),
+            ("failed", "AhWorker::Fail"),
+        ]
+    );
+    assert!(events.iter().all(|e| e["queue"] == json!("ev")));
+    assert!(events[1]["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(events[3]["exception"], json!("RuntimeError"));
+    assert_eq!(events[3]["error"], json!("broken on purpose"));
+    assert!(events[0].get("duration_ms").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn order_of_messages_from_one_publisher_is_kept() {
+    const N: usize = 200;
+    let t = Ns::new("fayeorder");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    let timeout = Duration::from_secs(2);
+    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let in_order = |got: Vec<Value>| {
+        let ns: Vec<u64> = got
+            .iter()
+            .map(|m| m["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, (0..N as u64).collect::<Vec<_>>());
+    };
+
+    // Node → us, on each transport.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut a = engine.subscribe(&patterns(&["/o/node"]), &stop).unwrap();
+    let mut b = http.subscribe(&patterns(&["/o/*"]), &stop).unwrap();
+    a.ready().await.unwrap();
+    b.ready().await.unwrap();
+    let mut cmd = server.client("publish-many");
+    cmd.args(["/o/node", &N.to_string()]);
+    let started = Instant::now();
+    assert_eq!(run_peer(cmd).await["count"], json!(N));
+    for sub in [&mut a, &mut b] {
+        let mut got = Vec::new();
+        for _ in 0..N {
+            got.push(json!({"data": next(sub).await.data}));
+        }
+        in_order(got);
+    }
+    eprintln!(
+        "{N} messages node → us (both transports) in {:?}",
+        started.elapsed()
+    );
+
+    // Us → Node, on each transport.
+    for (name, faye, channel) in [("redis", &engine, "/o/redis"), ("http", &http, "/o/http")] {
+        let node = NodeSubscriber::start(&server, &[channel]).await;
+        let started = Instant::now();
+        for n in 0..N {
+            faye.publish(channel, json!({"n": n})).await.unwrap();
+        }
+        in_order(node.wait(N, "all our messages").await);
+        eprintln!(
+            "{N} messages us → node over {name} in {:?}",
+            started.elapsed()
+        );
+    }
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn say_and_publish_from_the_cli_reach_node_clients() {
+    let t = Ns::new("fayecli");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    let node = NodeSubscriber::start(&server, &["/actionhero/chat/chat", "/cli/*"]).await;
+    let config = std::env::temp_dir().join(format!("{}.toml", t.ns));
+    std::fs::write(
+        &config,
+        format!(
+            "[faye]\nnamespace = \"{ns}\"\nserver_token = \"tok3n\"\nserver_id = \"worker-7\"\n"
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        t.bin()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let before = chrono::Utc::now().timestamp_millis();
+    for args in [
+        &["say", "lobby", "hello from rust"][..],
+        &["faye", "publish", "/cli/x", r#"{"via":"cli"}"#],
+    ] {
+        let out = cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let got = node.wait(2, "the chat message and the publish").await;
+    let chat = &got[0];
+    assert_eq!(chat["channel"], json!("/actionhero/chat/chat"));
+    let data = &chat["data"];
+    assert_eq!(data["serverToken"], json!("tok3n"));
+    assert_eq!(data["serverId"], json!("worker-7"));
+    assert_eq!(data["message"], json!("hello from rust"));
+    assert_eq!(data["connection"], json!({"id": 0, "room": "lobby"}));
+    assert!(data["sentAt"].as_i64().unwrap() >= before);
+    assert_eq!(got[1], json!({"channel": "/cli/x", "data": {"via": "cli"}}));
+    // Bad input is a usage error (exit 2) naming the problem.
+    assert_eq!(
+        cli(&["faye", "publish", "/cli/x", "{not json"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let out = cli(&["faye", "publish", "/cli.x", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid channel \"/cli.x\""));
+    let _ = std::fs::remove_file(config);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coprocess_plugin_publishes_through_the_worker() {
+    let mut t = Ns::new("fayeplugin");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    let node = NodeSubscriber::start(&server, &["/plug/*"]).await;
+    t.push(
+        "q",
+        br#"{"class":"Py::Publish","args":["/plug/x",{"from":"python"}]}"#,
+    );
+    t.push("q", br#"{"class":"Py::Publish","args":["/plug.bad",1]}"#);
+    let mut config = t.config(&["q"], 1);
+    config.interval = Duration::ZERO;
+    config.faye = Some(redis_settings(&t.url, &ns, Duration::from_secs(2)));
+    config.plugins = vec![crate::util::plugin(
+        r#"
+name = "python-example"
+kind = "coprocess"
+classes = ["Py::*"]
+command = ["python3", "examples/plugins/python/coprocess.py"]
+"#,
+    )];
+    InProcess::builtin(config).join().await;
+    let got = node.wait(1, "the plugin's message").await;
+    assert_eq!(
+        got[0],
+        json!({"channel": "/plug/x", "data": {"from": "python"}})
+    );
+    let failures = t.failures();
+    assert_eq!(failures.len(), 1);
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("faye.publish failed: invalid channel"),
+        "{error}"
+    );
+}
