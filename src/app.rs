@@ -61,7 +61,13 @@ pub fn main(registry: Registry) -> ExitCode {
             None | Some(Command::Run) => {
                 let (controller, control) = Controller::new();
                 signals::forward(controller)?;
-                run(&config, registry, control).await.map(|_| ())
+                let options = RunOptions {
+                    notifier: crate::systemd::Notifier::from_env(),
+                    watchdog: crate::systemd::watchdog_from_env(),
+                };
+                run_with(&config, registry, control, options)
+                    .await
+                    .map(|_| ())
             }
             Some(Command::Enqueue {
                 class,
@@ -89,6 +95,7 @@ pub fn main(registry: Registry) -> ExitCode {
 }
 use crate::resque::{ProcessId, Store};
 use crate::shutdown::{Control, StopReport};
+use crate::vitals::{Phase, Vitals};
 use crate::worker::{QueueSpec, Recoverer, Runner};
 
 /// The async runtime: one thread by default. The runner, its Redis calls
@@ -116,9 +123,65 @@ pub async fn run(
     registry: Registry,
     control: mpsc::UnboundedReceiver<Control>,
 ) -> anyhow::Result<StopReport> {
+    run_with(config, registry, control, RunOptions::default()).await
+}
+
+/// What the `run` command adds to a worker: the service manager to keep
+/// informed.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// systemd's notify socket (`NOTIFY_SOCKET`).
+    pub notifier: Option<crate::systemd::Notifier>,
+    /// systemd's watchdog period (`WATCHDOG_USEC`).
+    pub watchdog: Option<std::time::Duration>,
+}
+
+/// [`run`], telling the service manager of `options` how it goes.
+pub async fn run_with(
+    config: &Config,
+    registry: Registry,
+    control: mpsc::UnboundedReceiver<Control>,
+    options: RunOptions,
+) -> anyhow::Result<StopReport> {
+    let vitals = Arc::new(Vitals::new(crate::systemd::pulse_for(options.watchdog)));
+    let stop_reporting = tokio_util::sync::CancellationToken::new();
+    let notify_task = options.notifier.map(|n| {
+        crate::systemd::spawn(n, vitals.clone(), options.watchdog, stop_reporting.clone())
+    });
     let mut control = control;
     let mut start_paused = false;
-    let store = connect_retrying(config, &mut control, &mut start_paused).await?;
+    let result = match connect_retrying(config, &mut control, &mut start_paused).await {
+        Ok(store) => {
+            run_generation(
+                config,
+                &store,
+                registry,
+                &mut control,
+                start_paused,
+                &vitals,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    vitals.set_phase(Phase::Stopping);
+    stop_reporting.cancel();
+    if let Some(task) = notify_task {
+        let _ = task.await;
+    }
+    result
+}
+
+/// One life of the worker with `config` on `store`: plugins, runner,
+/// scheduler and background tasks, until `control` stops the runner.
+async fn run_generation(
+    config: &Config,
+    store: &Store,
+    registry: Registry,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    start_paused: bool,
+    vitals: &Arc<Vitals>,
+) -> anyhow::Result<StopReport> {
     let mut registry = registry;
     crate::plugin::register_all(&config.plugins, &mut registry)?;
     let registry = Arc::new(registry);
@@ -163,6 +226,7 @@ pub async fn run(
         recoverer,
         policies: Arc::new(config.policies.clone()),
         start_paused,
+        vitals: vitals.clone(),
     };
     let scheduler = config.scheduler.then(|| {
         let stop = tokio_util::sync::CancellationToken::new();

@@ -12,6 +12,8 @@
 //! - [`worker`] — the [`worker::Runner`] owning the job slots, and job execution.
 //! - [`scheduler`] — moves due delayed jobs, one leader at a time.
 //! - [`shutdown`] — control commands and the stop report; [`signals`] maps OS signals to them.
+//! - [`vitals`] — what a running worker knows about itself: loop progress, phase, counters.
+//! - [`systemd`] — systemd's notify protocol: readiness, watchdog, status, stopping.
 //! - [`glob`] — Ruby-style glob patterns for queue lists and plugin classes.
 //! - [`telemetry`] — logging.
 //! - [`app`] — wiring everything together.
@@ -38,7 +40,9 @@ pub mod resque;
 pub mod scheduler;
 pub mod shutdown;
 pub mod signals;
+pub mod systemd;
 pub mod telemetry;
+pub mod vitals;
 pub mod worker;
 
 pub use error::{Error, Result};

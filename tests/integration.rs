@@ -8,6 +8,7 @@ mod bench;
 mod chaos;
 mod cli;
 mod node;
+mod ops;
 mod plugins;
 mod policies;
 mod props;

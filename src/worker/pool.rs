@@ -25,8 +25,10 @@ use super::wake::Waiters;
 use super::{Outcome, UnknownClass, execute};
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
+use crate::resque::store::RESPONSE_TIMEOUT;
 use crate::resque::{Ack, AckKind, Failure, Job, StepRequest, Store, TakeLimit, WorkerId, payload};
 use crate::shutdown::{Control, StopReason, StopReport};
+use crate::vitals::{Phase, Vitals};
 
 /// Longest delay of the batched per-worker success counters
 /// (`stat:processed:<worker>`), as Sidekiq and actionHero batch theirs.
@@ -68,6 +70,8 @@ pub struct Runner {
     pub policies: Arc<Policies>,
     /// Start paused (a USR2 arrived while connecting).
     pub start_paused: bool,
+    /// Where the runner reports its progress, phase and counters.
+    pub vitals: Arc<Vitals>,
 }
 
 /// A job a slot is running.
@@ -93,7 +97,7 @@ type Finished = (usize, u64, Outcome, Option<Job>);
 impl Runner {
     /// Register the slots, take and run jobs until stopped by `control` (or,
     /// when draining, until the queues are empty), then unregister.
-    pub async fn run(self, mut control: mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
+    pub async fn run(self, control: &mut mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
         let mut paused = self.start_paused;
         let span = tracing::info_span!("runner", slots = self.slots.len(), queues = %self.queues.id_part());
         async move {
@@ -103,10 +107,11 @@ impl Runner {
                 queues: self.queues.id_part(),
                 heartbeat_interval: self.heartbeat_interval,
                 recoverer: self.recoverer.clone(),
+                vitals: self.vitals.clone(),
             };
             // Start-up survives Redis going away in the middle of it.
             loop {
-                let now = self.wait_for_redis(&mut control, &mut paused).await?;
+                let now = self.wait_for_redis(control, &mut paused).await?;
                 // A dead earlier process on this host (or under this very
                 // pid) gets its jobs back into the queues before we take any.
                 match self.recoverer.run_once(true).await {
@@ -118,15 +123,21 @@ impl Runner {
                     self.store.register(&self.slots, now).await?;
                     heartbeat.beat().await
                 };
+                self.vitals.pulse.beat(RESPONSE_TIMEOUT * 2);
                 match registered.await {
                     Ok(_) => break,
-                    Err(e) => warn!(error = %e, "registration failed; retrying"),
+                    Err(e) => {
+                        self.vitals.redis_failed("registration", &e);
+                        warn!(error = %e, "registration failed; retrying")
+                    }
                 }
             }
             info!(first = %self.slots[0].id, "worker registered");
+            self.vitals.set_slots(self.slots.len());
+            self.vitals.set_phase(Phase::Running);
             let beat = CancellationToken::new();
             let beat_task = heartbeat.spawn(beat.clone());
-            let result = self.serve(&mut control, paused).await;
+            let result = self.serve(control, paused).await;
             beat.cancel();
             let _ = beat_task.await;
             let mut report = result?;
@@ -153,9 +164,16 @@ impl Runner {
     ) -> Result<chrono::DateTime<Utc>> {
         let mut delay = RETRY_MIN;
         loop {
+            self.vitals.pulse.beat(RESPONSE_TIMEOUT + delay);
             match self.store.redis_time().await {
-                Ok(now) => return Ok(now),
-                Err(e) => warn!(error = %e, retry_in = ?delay, "redis is not answering"),
+                Ok(now) => {
+                    self.vitals.redis_ok();
+                    return Ok(now);
+                }
+                Err(e) => {
+                    self.vitals.redis_failed("redis is not answering", &e);
+                    warn!(error = %e, retry_in = ?delay, "redis is not answering")
+                }
             }
             // Cancel-safety: nothing is taken yet; a stop just ends the wait.
             tokio::select! {
@@ -213,8 +231,14 @@ impl Runner {
         let mut successes: Vec<u64> = vec![0; self.slots.len()];
         let mut counted_at = Instant::now();
         let mut backoff = RETRY_MIN;
+        // Turns the loop when nothing else does, so an idle or draining
+        // worker still shows it is alive (see `Vitals::pulse`).
+        let mut pulse = tokio::time::interval(self.vitals.pulse_every);
+        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.vitals.set_paused(paused);
 
         loop {
+            self.vitals.pulse.beat(self.vitals.pulse_every * 2);
             while let Some(done) = tasks.try_join_next() {
                 self.finish(&mut slots, done, &mut in_flight, &mut skipped);
             }
@@ -228,6 +252,7 @@ impl Runner {
                 .enumerate()
                 .filter_map(|(i, s)| matches!(s, Slot::Acking(_)).then_some(i))
                 .collect();
+            self.vitals.set_busy(slots.len() - free.len());
             let may_take = stopping.is_none() && !paused && !idle && !free.is_empty();
             let ready = retry_at.is_none_or(|at| Instant::now() >= at);
 
@@ -235,8 +260,12 @@ impl Runner {
                 // A step whose reply was lost may have taken jobs for free
                 // slots: they are in the status keys; run them.
                 let ids: Vec<&WorkerId> = free.iter().map(|&i| &self.slots[i]).collect();
+                self.vitals
+                    .pulse
+                    .beat(RESPONSE_TIMEOUT + self.vitals.pulse_every);
                 match self.store.held(&ids).await {
                     Ok(held) => {
+                        self.vitals.redis_ok();
                         reconcile = false;
                         let run_at = payload::run_at(Utc::now());
                         for (&slot, value) in free.iter().zip(held) {
@@ -262,6 +291,7 @@ impl Runner {
                         }
                     }
                     Err(e) => {
+                        self.vitals.redis_failed("cannot read the status keys", &e);
                         warn!(error = %e, "cannot read the status keys");
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(RETRY_MAX);
@@ -276,6 +306,9 @@ impl Runner {
                     && self.queues.is_dynamic()
                     && refreshed_at.is_none_or(|t| t.elapsed() >= QUEUE_REFRESH)
                 {
+                    self.vitals
+                        .pulse
+                        .beat(RESPONSE_TIMEOUT + self.vitals.pulse_every);
                     match self.store.queue_names().await {
                         Ok(names) => {
                             refreshed_at = Some(Instant::now());
@@ -289,6 +322,7 @@ impl Runner {
                             }
                         }
                         Err(e) => {
+                            self.vitals.redis_failed("cannot read the queue list", &e);
                             warn!(error = %e, "cannot read the queue list");
                             retry_at = Some(Instant::now() + backoff);
                             backoff = (backoff * 2).min(RETRY_MAX);
@@ -332,9 +366,13 @@ impl Runner {
                     process: &process,
                     now,
                 };
+                self.vitals
+                    .pulse
+                    .beat(RESPONSE_TIMEOUT + self.vitals.pulse_every);
                 let reply = match self.store.step(&request).await {
                     Ok(reply) => reply,
                     Err(e) => {
+                        self.vitals.redis_failed("redis step failed", &e);
                         // The acks stay pending and are retried: an ack that
                         // did land is fenced and not recorded twice. Jobs the
                         // step may have taken are found by `reconcile`.
@@ -345,6 +383,7 @@ impl Runner {
                         continue;
                     }
                 };
+                self.vitals.redis_ok();
                 retry_at = None;
                 backoff = RETRY_MIN;
                 if flush_counts {
@@ -366,6 +405,8 @@ impl Runner {
                     }
                     slots[i] = Slot::Free;
                 }
+                self.vitals
+                    .add_done(reply.applied.iter().filter(|a| **a).count() as u64);
                 let run_at = payload::run_at(now);
                 let found_all = reply.taken.len() == take.len();
                 for t in reply.taken {
@@ -445,10 +486,12 @@ impl Runner {
                         stop_requests += 1;
                         let grace = if stop_requests > 1 { Duration::ZERO } else { self.shutdown_timeout };
                         info!(running, grace = ?grace, "stopping: no new jobs");
+                        self.vitals.set_phase(Phase::Stopping);
                         stopping = Some(Some(Instant::now() + grace));
                     }
                     Some(Control::StopAfterJobs) => {
                         info!(running, "stopping after the running jobs");
+                        self.vitals.set_phase(Phase::Stopping);
                         if stopping.is_none() {
                             stopping = Some(None);
                         }
@@ -459,15 +502,18 @@ impl Runner {
                     Some(Control::Pause) => {
                         info!("paused");
                         paused = true;
+                        self.vitals.set_paused(true);
                     }
                     Some(Control::Resume) => {
                         info!("resumed");
                         paused = false;
+                        self.vitals.set_paused(false);
                         idle = false;
                     }
                     None => {
                         if stopping.is_none() {
                             info!("controller gone: stopping after the running jobs");
+                            self.vitals.set_phase(Phase::Stopping);
                             stopping = Some(None);
                         }
                     }
@@ -480,6 +526,8 @@ impl Runner {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && running => {
                     put_back += self.put_back_running(&mut slots, &mut in_flight).await;
                 }
+                // Only turns the loop (its top promises the next turn).
+                _ = pulse.tick() => {}
             }
         }
     }
@@ -536,6 +584,9 @@ impl Runner {
                 in_flight[l] -= 1;
             }
             let worker = &self.slots[i];
+            self.vitals
+                .pulse
+                .beat(RESPONSE_TIMEOUT + self.vitals.pulse_every);
             match self
                 .store
                 .put_back(worker, &r.status, &r.queue, &r.raw)
