@@ -12,6 +12,7 @@
 //! - [`worker`] — the [`worker::Runner`] owning the job slots, and job execution.
 //! - [`scheduler`] — moves due delayed jobs, one leader at a time.
 //! - [`shutdown`] — control commands and the stop report; [`signals`] maps OS signals to them.
+//! - [`reload`] — re-reading the configuration on HUP, refusing an invalid one.
 //! - [`vitals`] — what a running worker knows about itself: loop progress, phase, counters.
 //! - [`systemd`] — systemd's notify protocol: readiness, watchdog, status, stopping.
 //! - [`glob`] — Ruby-style glob patterns for queue lists and plugin classes.
@@ -36,6 +37,7 @@ pub mod error;
 pub mod glob;
 pub mod handler;
 pub mod plugin;
+pub mod reload;
 pub mod resque;
 pub mod scheduler;
 pub mod shutdown;

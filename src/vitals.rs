@@ -103,6 +103,8 @@ pub struct Vitals {
     /// Milliseconds after `base` of the last Redis success; 0: never.
     redis_ok_ms: AtomicU64,
     heartbeat_unix_ms: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
     last_error: Mutex<Option<(String, Instant)>>,
 }
 
@@ -145,6 +147,8 @@ impl Vitals {
             redis_down: AtomicBool::new(false),
             redis_ok_ms: AtomicU64::new(0),
             heartbeat_unix_ms: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
     }
@@ -265,6 +269,24 @@ impl Vitals {
     /// The last heartbeat, Unix seconds; 0 before the first.
     pub fn last_heartbeat_unix(&self) -> f64 {
         self.heartbeat_unix_ms.load(Relaxed) as f64 / 1000.0
+    }
+
+    /// A reload was applied.
+    pub fn reloaded(&self) {
+        self.reloads.fetch_add(1, Relaxed);
+    }
+
+    /// A reload was refused.
+    pub fn reload_failed(&self) {
+        self.reload_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Reloads applied and refused.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads.load(Relaxed),
+            self.reload_failures.load(Relaxed),
+        )
     }
 
     /// A copy of the counters.

@@ -282,3 +282,203 @@ fn systemd_units_pass_systemd_analyze_verify() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A config file the test rewrites between reloads.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(test: &str, text: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!(
+            "ah-worker-reload-{}-{test}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+
+    /// Replace the file at once, as careful deploy tools do: a reload never
+    /// reads half a file.
+    fn write(&self, text: &str) {
+        let tmp = self.0.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.0).unwrap();
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn worker_ids(t: &mut Ns) -> Vec<String> {
+    let mut ids: Vec<String> = t.conn.smembers(t.key("workers")).unwrap();
+    ids.sort();
+    ids
+}
+
+/// HUP and wait for the reload to be applied: RELOADING=1 (with
+/// MONOTONIC_USEC) then READY=1.
+fn reload(child: &Child, n: &mut NotifySocket) {
+    signal(child, "HUP");
+    let msg = n.wait(10, "RELOADING=1", |l| l == "RELOADING=1");
+    assert!(msg.contains("\nMONOTONIC_USEC="), "{msg:?}");
+    n.wait(30, "READY=1 after the reload", |l| l == "READY=1");
+}
+
+/// The JSON log lines of a finished worker.
+fn json_logs(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn reloads_under_load_apply_queues_and_concurrency_and_run_every_job_exactly_once() {
+    let mut t = Ns::new("reloadload");
+    let file = ConfigFile::new("load", "queues = [\"a\"]\nconcurrency = 4\n");
+    let mut n = NotifySocket::path("reloadload");
+    const N: usize = 1600;
+    for i in 0..N {
+        let queue = if i % 2 == 0 { "a" } else { "b" };
+        t.push(
+            queue,
+            format!(r#"{{"class":"AhWorker::Count","args":["counts","{i}",0.01]}}"#).as_bytes(),
+        );
+    }
+    let child = spawn(&t, &n, &[], &["--config", file.arg()]);
+    n.wait(15, "READY=1", |l| l == "READY=1");
+    assert_eq!(worker_ids(&mut t).len(), 4);
+    let steps: [(&str, usize, &str); 3] = [
+        ("[\"a\", \"b\"]", 8, "a,b"),
+        ("[\"b\"]", 2, "b"),
+        ("[\"b\", \"a\"]", 6, "b,a"),
+    ];
+    for (queues, concurrency, id_part) in steps {
+        file.write(&format!("queues = {queues}\nconcurrency = {concurrency}\n"));
+        reload(&child, &mut n);
+        let ids = worker_ids(&mut t);
+        assert_eq!(ids.len(), concurrency, "{ids:?}");
+        assert!(
+            ids.iter().all(|id| id.ends_with(&format!(":{id_part}"))),
+            "{ids:?}"
+        );
+        let processed = t.int("stat:processed");
+        assert!(
+            (processed as usize) < N,
+            "the load must still be running at each reload ({processed} done)"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    crate::util::wait_for(60, "every job", || t.int("stat:processed") as usize == N);
+    signal(&child, "TERM");
+    let out = wait_output(child, 20);
+    assert!(out.status.success());
+    let counts: std::collections::HashMap<String, i64> = t.conn.hgetall(t.key("counts")).unwrap();
+    assert_eq!(counts.len(), N, "every job ran");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "jobs run more than once: {twice:?}");
+    assert!(t.failures().is_empty());
+    assert!(t.list("queue:a").is_empty() && t.list("queue:b").is_empty());
+    assert_eq!(n.count("RELOADING=1"), 3);
+    assert_eq!(n.count("READY=1"), 4);
+}
+
+#[test]
+fn an_invalid_configuration_on_reload_is_refused_and_the_running_one_carries_on() {
+    let mut t = Ns::new("reloadbad");
+    let file = ConfigFile::new("bad", "queues = [\"q\"]\nconcurrency = 2\n");
+    let mut n = NotifySocket::path("reloadbad");
+    let child = spawn(
+        &t,
+        &n,
+        &[],
+        &["--config", file.arg(), "--log-format", "json"],
+    );
+    n.wait(15, "READY=1", |l| l == "READY=1");
+    let before = worker_ids(&mut t);
+
+    // Not a number, then a plugin whose program does not exist.
+    file.write("queues = [\"q\"]\nconcurrency = \"many\"\n");
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    file.write(
+        "queues = [\"q\"]\nconcurrency = 3\n[[plugins]]\nname = \"p\"\nkind = \"exec\"\nclasses = [\"Plug::B\"]\ncommand = [\"/no/such/program\"]\n",
+    );
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The old configuration still runs.
+    t.push("q", br#"{"class":"AhWorker::Noop","args":[]}"#);
+    crate::util::wait_for(10, "a job under the old configuration", || {
+        t.int("stat:processed") == 1
+    });
+    assert_eq!(worker_ids(&mut t), before);
+    n.collect(Duration::from_millis(200));
+    assert_eq!(n.count("RELOADING=1"), 0, "{:?}", n.seen_lines());
+
+    // A valid one still applies, plugins included.
+    file.write(
+        "queues = [\"q\"]\nconcurrency = 3\n[[plugins]]\nname = \"p\"\nkind = \"exec\"\nclasses = [\"Plug::B\"]\ncommand = [\"true\"]\n",
+    );
+    reload(&child, &mut n);
+    assert_eq!(worker_ids(&mut t).len(), 3);
+    t.push("q", br#"{"class":"Plug::B","args":[]}"#);
+    crate::util::wait_for(10, "the new plugin's job", || t.int("stat:processed") == 2);
+    assert!(t.failures().is_empty(), "{:?}", t.failures());
+
+    signal(&child, "TERM");
+    let out = wait_output(child, 20);
+    assert!(out.status.success());
+    let refused: Vec<String> = json_logs(&out)
+        .iter()
+        .filter(|l| {
+            l["level"] == "ERROR"
+                && l["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("reload refused")
+        })
+        .map(|l| l["error"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0].contains("\"many\"") && refused[0].contains("concurrency"),
+        "{refused:?}"
+    );
+    assert!(refused[1].contains("/no/such/program"), "{refused:?}");
+}
+
+#[test]
+fn term_during_a_reload_stops_and_puts_the_running_job_back() {
+    let mut t = Ns::new("reloadterm");
+    let file = ConfigFile::new(
+        "term",
+        "queues = [\"q\"]\nconcurrency = 1\nshutdown_timeout = \"1s\"\n",
+    );
+    let mut n = NotifySocket::path("reloadterm");
+    const LONG: &str = r#"{"class":"AhWorker::Sleep","args":[30]}"#;
+    const NEXT: &str = r#"{"class":"AhWorker::Noop","args":[]}"#;
+    t.push("q", LONG.as_bytes());
+    t.push("q", NEXT.as_bytes());
+    let child = spawn(&t, &n, &[], &["--config", file.arg()]);
+    n.wait(15, "READY=1", |l| l == "READY=1");
+    crate::util::wait_for(10, "the long job to start", || t.list("queue:q").len() == 1);
+    signal(&child, "HUP");
+    n.wait(10, "RELOADING=1", |l| l == "RELOADING=1");
+    // The drain waits for the 30 s job; a TERM turns it into a stop.
+    signal(&child, "TERM");
+    n.wait(5, "STOPPING=1", |l| l == "STOPPING=1");
+    let out = wait_output(child, 10);
+    assert!(out.status.success());
+    assert_eq!(t.list("queue:q"), [LONG, NEXT], "put back at the head");
+    assert_eq!(t.int("stat:processed"), 0);
+    assert!(t.failures().is_empty());
+    assert_eq!(n.count("READY=1"), 1, "{:?}", n.seen_lines());
+    assert!(worker_ids(&mut t).is_empty());
+}

@@ -221,6 +221,8 @@ impl Runner {
         let mut next_poll = Instant::now();
         let mut paused = start_paused;
         let mut stopping: Option<Option<Instant>> = None; // Some(deadline or none)
+        // The stop is a reload's drain (a TERM or QUIT meanwhile makes it a stop).
+        let mut reloading = false;
         let mut stop_requests = 0;
         let mut retry_at: Option<Instant> = None;
         let mut reconcile = false;
@@ -455,7 +457,11 @@ impl Runner {
             let pending = slots.iter().any(|s| !matches!(s, Slot::Free));
             if stopping.is_some() && !pending {
                 return Ok(StopReport {
-                    reason: StopReason::Requested,
+                    reason: if reloading {
+                        StopReason::Reload
+                    } else {
+                        StopReason::Requested
+                    },
                     performed,
                     put_back,
                     left_registered: Vec::new(),
@@ -487,11 +493,13 @@ impl Runner {
                         let grace = if stop_requests > 1 { Duration::ZERO } else { self.shutdown_timeout };
                         info!(running, grace = ?grace, "stopping: no new jobs");
                         self.vitals.set_phase(Phase::Stopping);
+                        reloading = false;
                         stopping = Some(Some(Instant::now() + grace));
                     }
                     Some(Control::StopAfterJobs) => {
                         info!(running, "stopping after the running jobs");
                         self.vitals.set_phase(Phase::Stopping);
+                        reloading = false;
                         if stopping.is_none() {
                             stopping = Some(None);
                         }
@@ -510,12 +518,22 @@ impl Runner {
                         self.vitals.set_paused(false);
                         idle = false;
                     }
+                    Some(Control::Reload) => {
+                        if stopping.is_none() {
+                            info!(running, "reloading: no new jobs; running ones finish first");
+                            stopping = Some(None);
+                            reloading = true;
+                        } else {
+                            info!("reload ignored: already stopping");
+                        }
+                    }
                     None => {
                         if stopping.is_none() {
                             info!("controller gone: stopping after the running jobs");
                             self.vitals.set_phase(Phase::Stopping);
                             stopping = Some(None);
                         }
+                        reloading = false;
                     }
                 },
                 _ = wake.notified(), if idle => { idle = false; }
