@@ -153,6 +153,21 @@ pub async fn run_with(
 ) -> anyhow::Result<StopReport> {
     let vitals = Arc::new(Vitals::new(crate::systemd::pulse_for(options.watchdog)));
     let stop_reporting = tokio_util::sync::CancellationToken::new();
+    // Listen first: a taken port stops the start-up, and /health answers
+    // (503) while the worker connects.
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+            Some(crate::metrics::spawn(
+                listener,
+                vitals.clone(),
+                stop_reporting.clone(),
+            ))
+        }
+        None => None,
+    };
     let notify_task = options.notifier.map(|n| {
         crate::systemd::spawn(n, vitals.clone(), options.watchdog, stop_reporting.clone())
     });
@@ -169,7 +184,7 @@ pub async fn run_with(
     relay.stop();
     vitals.set_phase(Phase::Stopping);
     stop_reporting.cancel();
-    if let Some(task) = notify_task {
+    for task in [notify_task, metrics_task].into_iter().flatten() {
         let _ = task.await;
     }
     result
@@ -243,6 +258,7 @@ async fn run_generation(
 ) -> anyhow::Result<StopReport> {
     let registry = Arc::new(registry);
     let queues = QueueSpec::new(&config.queues);
+    vitals.set_queues(store.clone(), queues.clone());
     let me = ProcessId {
         host: config.host_name.clone().unwrap_or_else(hostname),
         pid: std::process::id(),

@@ -150,6 +150,8 @@ pub struct Config {
     /// actionHero shared state (the `[actionhero]` section); `None`: the
     /// worker writes none of it.
     pub actionhero: Option<crate::actionhero::Settings>,
+    /// Where `/metrics` and `/health` are served over HTTP; `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -182,6 +184,7 @@ struct FileConfig {
     #[serde(default)]
     classes: Vec<toml::Value>,
     actionhero: Option<toml::Value>,
+    metrics_listen: Option<String>,
 }
 
 /// `queues = "a,b"` or `queues = ["a", "b"]`.
@@ -531,6 +534,26 @@ impl Config {
             false,
         )?;
 
+        let metrics_listen = match pick(
+            &args.metrics_listen,
+            "--metrics-listen",
+            &["AH_WORKER_METRICS_LISTEN"],
+            file.metrics_listen.clone(),
+            "metrics_listen",
+        ) {
+            None => None,
+            Some(raw) => match raw.value.trim() {
+                "" | "off" => None,
+                v => Some(v.parse().map_err(|_| {
+                    invalid(
+                        "metrics listen address",
+                        &raw,
+                        "an IP address and port like 127.0.0.1:9187, or off",
+                    )
+                })?),
+            },
+        };
+
         let mut schedules: Vec<crate::scheduler::Schedule> = Vec::new();
         for table in file.schedules {
             let s = crate::scheduler::Schedule::from_toml(table, &file_name)
@@ -600,6 +623,7 @@ impl Config {
             schedules,
             policies,
             actionhero,
+            metrics_listen,
         })
     }
 }
@@ -806,6 +830,36 @@ mod tests {
             .to_string();
         assert!(
             err.contains("REDIS_URL") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        assert_eq!(
+            resolve(RunArgs::default(), &[]).unwrap().metrics_listen,
+            None
+        );
+        let c = resolve(
+            RunArgs::default(),
+            &[("AH_WORKER_METRICS_LISTEN", "127.0.0.1:9187")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9187".parse().unwrap()));
+        let args = RunArgs {
+            metrics_listen: Some("off".into()),
+            ..RunArgs::default()
+        };
+        let c = resolve(args, &[("AH_WORKER_METRICS_LISTEN", "[::1]:9187")]).unwrap();
+        assert_eq!(c.metrics_listen, None, "the flag wins");
+        let err = resolve(
+            RunArgs::default(),
+            &[("AH_WORKER_METRICS_LISTEN", "localhost")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"localhost\"") && err.contains("127.0.0.1:9187"),
             "{err}"
         );
     }

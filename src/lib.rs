@@ -15,6 +15,7 @@
 //! - [`reload`] — re-reading the configuration on HUP, refusing an invalid one.
 //! - [`vitals`] — what a running worker knows about itself: loop progress, phase, counters.
 //! - [`systemd`] — systemd's notify protocol: readiness, watchdog, status, stopping.
+//! - [`metrics`] — the optional HTTP listener: Prometheus `/metrics` and `/health`.
 //! - [`glob`] — Ruby-style glob patterns for queue lists and plugin classes.
 //! - [`telemetry`] — logging.
 //! - [`app`] — wiring everything together.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod glob;
 pub mod handler;
+pub mod metrics;
 pub mod plugin;
 pub mod reload;
 pub mod resque;

@@ -36,13 +36,14 @@ pub type Source = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 /// The settings a reload does not change, as the config file names them:
 /// the Redis connection and namespace stay open across a reload, the worker
 /// ids keep their host, and the runtime and logging are set up once.
-pub const RESTART_ONLY: [&str; 6] = [
+pub const RESTART_ONLY: [&str; 7] = [
     "redis",
     "namespace",
     "host_name",
     "threads",
     "log_format",
     "log_level",
+    "metrics_listen",
 ];
 
 /// Sits between the signals and the runner: passes every command on, and
@@ -211,6 +212,12 @@ pub fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str
         "log_level",
         &mut new.log_level,
         &running.log_level,
+        &mut kept,
+    );
+    keep(
+        "metrics_listen",
+        &mut new.metrics_listen,
+        &running.metrics_listen,
         &mut kept,
     );
     kept

@@ -1,20 +1,27 @@
 //! What a running worker knows about itself, for the outside world: the
-//! progress of its job loop, its phase, and its counters.
+//! progress of its job loop, its phase, its counters and its per-job series.
 //!
 //! The runner and the heartbeat write here; the systemd notifier
-//! ([`crate::systemd`]) reads. Writes on the job path are relaxed atomic
-//! operations on memory written by the runner task alone: no lock, no
-//! allocation, no system call. Locks guard only what changes rarely (the
-//! last error).
+//! ([`crate::systemd`]) and the HTTP listener ([`crate::metrics`]) read.
+//! Writes on the job path are relaxed atomic operations on memory written
+//! by the runner task alone: no lock, no allocation, no system call (the
+//! runner finds a job's series in a [`JobMeter`] of its own). Locks guard
+//! only what changes rarely: the list of series (a new queue and class
+//! pair), the last error, the queues to report.
 //!
-//! Does not own: the notify protocol (`systemd`).
+//! Does not own: the notify protocol (`systemd`), the Prometheus format
+//! (`metrics`).
 
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use crate::resque::Store;
+use crate::worker::QueueSpec;
 
 /// How often an idle job loop turns anyway, to show it is alive, when no
 /// watchdog asks for more.
@@ -106,6 +113,8 @@ pub struct Vitals {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     last_error: Mutex<Option<(String, Instant)>>,
+    series: Mutex<Vec<Arc<JobSeries>>>,
+    queues: Mutex<Option<(Store, QueueSpec)>>,
 }
 
 /// A consistent-enough copy of the counters, for a status line.
@@ -150,6 +159,8 @@ impl Vitals {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            series: Mutex::new(Vec::new()),
+            queues: Mutex::new(None),
         }
     }
 
@@ -289,6 +300,43 @@ impl Vitals {
         )
     }
 
+    /// The queues the running configuration serves, and where they are.
+    pub fn set_queues(&self, store: Store, queues: QueueSpec) {
+        *self.queues.lock().expect("queues lock") = Some((store, queues));
+    }
+
+    /// What [`Vitals::set_queues`] set.
+    pub fn queues(&self) -> Option<(Store, QueueSpec)> {
+        self.queues.lock().expect("queues lock").clone()
+    }
+
+    /// Every job series so far.
+    pub fn series(&self) -> Vec<Arc<JobSeries>> {
+        self.series.lock().expect("series lock").clone()
+    }
+
+    /// The series of `queue` and `class`, created if new; past
+    /// [`MAX_SERIES`] the one overflow series. Returns it and whether it is
+    /// the pair's own.
+    fn series_of(&self, queue: &str, class: &str) -> (Arc<JobSeries>, bool) {
+        let mut all = self.series.lock().expect("series lock");
+        if let Some(s) = all.iter().find(|s| s.queue == queue && s.class == class) {
+            return (s.clone(), true);
+        }
+        let own = all.len() < MAX_SERIES;
+        let (queue, class) = if own {
+            (queue, class)
+        } else {
+            (OVERFLOW, OVERFLOW)
+        };
+        if let Some(s) = all.iter().find(|s| s.queue == queue && s.class == class) {
+            return (s.clone(), own);
+        }
+        let s = Arc::new(JobSeries::new(queue, class));
+        all.push(s.clone());
+        (s, own)
+    }
+
     /// A copy of the counters.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -332,6 +380,193 @@ impl Snapshot {
         }
         // One line: the notify protocol separates fields by newlines.
         line.replace('\n', " ")
+    }
+}
+
+/// Upper bounds of the job duration histogram's buckets, in microseconds
+/// (1 ms to 5 min; plugins and HTTP calls take seconds).
+pub const DURATION_BUCKETS_US: [u64; 12] = [
+    1_000,
+    5_000,
+    10_000,
+    50_000,
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+];
+
+/// At most this many (queue, class) series: class names come from
+/// payloads, so a flood of distinct names must not grow the metrics without
+/// bound. Further pairs share one series labelled [`OVERFLOW`].
+pub const MAX_SERIES: usize = 1000;
+
+/// The queue and class labels of the overflow series.
+pub const OVERFLOW: &str = "(other)";
+
+/// The class label of a payload without a class.
+pub const NO_CLASS: &str = "(none)";
+
+/// How a job ended, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The handler succeeded.
+    Succeeded = 0,
+    /// Failed (a handler error, a panic, an unknown class, a cancel).
+    Failed = 1,
+    /// Put back at the head of its queue.
+    PutBack = 2,
+    /// Not run now: its JobLock was held.
+    Deferred = 3,
+}
+
+impl JobOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [JobOutcome; 4] = [
+        JobOutcome::Succeeded,
+        JobOutcome::Failed,
+        JobOutcome::PutBack,
+        JobOutcome::Deferred,
+    ];
+
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobOutcome::Succeeded => "succeeded",
+            JobOutcome::Failed => "failed",
+            JobOutcome::PutBack => "put_back",
+            JobOutcome::Deferred => "deferred",
+        }
+    }
+}
+
+/// Counters and a duration histogram of the jobs of one queue and class.
+#[derive(Debug)]
+pub struct JobSeries {
+    /// The queue label.
+    pub queue: String,
+    /// The class label.
+    pub class: String,
+    outcomes: [AtomicU64; 4],
+    /// Per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A copy of a [`JobSeries`]' numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesCounts {
+    /// Jobs per [`JobOutcome`], in [`JobOutcome::ALL`] order.
+    pub outcomes: [u64; 4],
+    /// Cumulative bucket counts, one per bound of [`DURATION_BUCKETS_US`].
+    pub cumulative: [u64; DURATION_BUCKETS_US.len()],
+    /// All observations (the `+Inf` bucket).
+    pub count: u64,
+    /// Sum of durations, microseconds.
+    pub sum_us: u64,
+}
+
+impl JobSeries {
+    fn new(queue: &str, class: &str) -> JobSeries {
+        JobSeries {
+            queue: queue.to_owned(),
+            class: class.to_owned(),
+            outcomes: Default::default(),
+            buckets: Default::default(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one job.
+    pub fn observe(&self, outcome: JobOutcome, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = DURATION_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(DURATION_BUCKETS_US.len());
+        self.outcomes[outcome as usize].fetch_add(1, Relaxed);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The numbers; the bucket counts are read once each, so the cumulative
+    /// counts are monotone and end at `count`.
+    pub fn counts(&self) -> SeriesCounts {
+        let mut cumulative = [0; DURATION_BUCKETS_US.len()];
+        let mut total = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.load(Relaxed);
+            if i < cumulative.len() {
+                cumulative[i] = total;
+            }
+        }
+        SeriesCounts {
+            outcomes: std::array::from_fn(|i| self.outcomes[i].load(Relaxed)),
+            cumulative,
+            count: total,
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+}
+
+/// The runner's own index of the job series: finding a job's series costs
+/// a string comparison (same pair as the last job) or two hash lookups,
+/// never a lock once the pair is known.
+#[derive(Debug)]
+pub struct JobMeter {
+    vitals: Arc<Vitals>,
+    index: HashMap<String, HashMap<String, usize>>,
+    series: Vec<Arc<JobSeries>>,
+    last: Option<usize>,
+}
+
+impl JobMeter {
+    /// An empty index over the series of `vitals`.
+    pub fn new(vitals: Arc<Vitals>) -> JobMeter {
+        JobMeter {
+            vitals,
+            index: HashMap::new(),
+            series: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The series of a job of `queue` and `class`.
+    pub fn series_of(&mut self, queue: &str, class: Option<&str>) -> &JobSeries {
+        let class = class.unwrap_or(NO_CLASS);
+        if let Some(i) = self.last {
+            let s = &self.series[i];
+            if s.queue == queue && s.class == class {
+                return &self.series[i];
+            }
+        }
+        let found = self.index.get(queue).and_then(|m| m.get(class)).copied();
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let (series, own) = self.vitals.series_of(queue, class);
+                let i = match self.series.iter().position(|s| Arc::ptr_eq(s, &series)) {
+                    Some(i) => i,
+                    None => {
+                        self.series.push(series);
+                        self.series.len() - 1
+                    }
+                };
+                if own {
+                    self.index
+                        .entry(queue.to_owned())
+                        .or_default()
+                        .insert(class.to_owned(), i);
+                }
+                i
+            }
+        };
+        self.last = Some(i);
+        &self.series[i]
     }
 }
 
@@ -382,6 +617,59 @@ mod tests {
         assert!(v.redis_fresh(Duration::from_secs(5)));
         let s = v.snapshot();
         assert_eq!(s.last_error.unwrap().0, "step: connection refused");
+    }
+
+    #[test]
+    fn job_series_count_outcomes_and_durations() {
+        let v = Arc::new(Vitals::new(DEFAULT_PULSE));
+        let mut m = JobMeter::new(v.clone());
+        let a: *const JobSeries = m.series_of("q", Some("A"));
+        assert!(
+            std::ptr::eq(m.series_of("q", Some("A")), a),
+            "the last pair"
+        );
+        m.series_of("q", None)
+            .observe(JobOutcome::PutBack, Duration::from_millis(1));
+        let again = m.series_of("q", Some("A"));
+        assert!(std::ptr::eq(again, a), "from the index");
+        again.observe(JobOutcome::Succeeded, Duration::from_micros(800));
+        again.observe(JobOutcome::Succeeded, Duration::from_millis(7));
+        again.observe(JobOutcome::Failed, Duration::from_secs(1000));
+        let all = v.series();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[1].queue.as_str(), all[1].class.as_str()),
+            ("q", NO_CLASS)
+        );
+        let c = all[0].counts();
+        assert_eq!(c.outcomes, [2, 1, 0, 0]);
+        assert_eq!(c.count, 3);
+        assert_eq!(&c.cumulative[..3], [1, 1, 2], "le 1ms, 5ms, 10ms");
+        assert_eq!(c.cumulative[11], 2, "1000 s is above every bound");
+        assert_eq!(c.sum_us, 800 + 7_000 + 1_000_000_000);
+        // A new meter (after a reload) finds the same series.
+        let mut m2 = JobMeter::new(v.clone());
+        m2.series_of("q", Some("A"))
+            .observe(JobOutcome::Succeeded, Duration::ZERO);
+        assert_eq!(v.series()[0].counts().outcomes[0], 3);
+    }
+
+    #[test]
+    fn series_beyond_the_cap_share_the_overflow_series() {
+        let v = Arc::new(Vitals::new(DEFAULT_PULSE));
+        let mut m = JobMeter::new(v.clone());
+        for i in 0..MAX_SERIES + 5 {
+            m.series_of("q", Some(&format!("C{i}")))
+                .observe(JobOutcome::Succeeded, Duration::ZERO);
+        }
+        let all = v.series();
+        assert_eq!(all.len(), MAX_SERIES + 1);
+        let over = all.last().unwrap();
+        assert_eq!(
+            (over.queue.as_str(), over.class.as_str()),
+            (OVERFLOW, OVERFLOW)
+        );
+        assert_eq!(over.counts().count, 5);
     }
 
     #[test]

@@ -106,15 +106,22 @@ impl Drop for NotifySocket {
     }
 }
 
-fn spawn(t: &Ns, notify: &NotifySocket, env: &[(&str, &str)], args: &[&str]) -> Child {
+/// Start the worker with `env` and `args`, its output captured.
+fn start(t: &Ns, env: &[(&str, &str)], args: &[&str]) -> Child {
     t.bin()
-        .env("NOTIFY_SOCKET", &notify.target)
         .envs(env.iter().copied())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Start the worker with `notify` as its `NOTIFY_SOCKET`.
+fn spawn(t: &Ns, notify: &NotifySocket, env: &[(&str, &str)], args: &[&str]) -> Child {
+    let mut env = env.to_vec();
+    env.push(("NOTIFY_SOCKET", &notify.target));
+    start(t, &env, args)
 }
 
 fn registered(t: &mut Ns) -> usize {
@@ -481,4 +488,407 @@ fn term_during_a_reload_stops_and_puts_the_running_job_back() {
     assert!(t.failures().is_empty());
     assert_eq!(n.count("READY=1"), 1, "{:?}", n.seen_lines());
     assert!(worker_ids(&mut t).is_empty());
+}
+
+/// `GET path` (or another method) on the metrics listener: status and body.
+fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("a blank line after the headers");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    assert_eq!(length, body.len(), "Content-Length matches the body");
+    (status, body.to_owned())
+}
+
+/// Poll `path` until it answers `status` (the listener may not be up yet).
+fn wait_status(port: u16, path: &str, status: u16, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let (got, body) = if up {
+            http(port, "GET", path)
+        } else {
+            (0, "not listening".to_owned())
+        };
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {got} after {secs}s: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// A strict reader of the Prometheus text format 0.0.4: every sample
+/// belongs to a family declared by HELP and TYPE before it, names and
+/// labels are well-formed, label values use only the three escapes, and
+/// each histogram's buckets are monotone and end in `+Inf` = `_count`.
+struct Scrape {
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Scrape {
+        use std::collections::HashMap;
+        let name_ok = |n: &str| {
+            let mut chars = n.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        };
+        let mut help: HashMap<String, String> = HashMap::new();
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut samples = Vec::new();
+        assert!(text.ends_with('\n'), "the text ends with a newline");
+        for line in text.lines() {
+            assert!(!line.is_empty(), "no blank lines");
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, doc) = rest.split_once(' ').expect("HELP name text");
+                assert!(name_ok(name) && !doc.is_empty(), "{line}");
+                assert!(
+                    help.insert(name.into(), doc.into()).is_none(),
+                    "HELP twice: {line}"
+                );
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(name_ok(name), "{line}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+                assert!(
+                    !samples.iter().any(|(n, _, _): &Sample| n.starts_with(name)),
+                    "TYPE after its samples: {line}"
+                );
+                assert!(
+                    types.insert(name.into(), kind.into()).is_none(),
+                    "TYPE twice: {line}"
+                );
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment: {line}");
+            let end = line.find(['{', ' ']).expect("a value");
+            let name = &line[..end];
+            assert!(name_ok(name), "{line}");
+            let mut labels = Vec::new();
+            let mut rest = &line[end..];
+            if let Some(inner) = rest.strip_prefix('{') {
+                let mut chars = inner.char_indices().peekable();
+                loop {
+                    let start = chars.peek().expect("label or }").0;
+                    if inner[start..].starts_with('}') {
+                        rest = &inner[start + 1..];
+                        break;
+                    }
+                    let eq = inner[start..].find('=').expect("label=") + start;
+                    let lname = &inner[start..eq];
+                    assert!(name_ok(lname) && !lname.starts_with("__"), "{line}");
+                    assert_eq!(&inner[eq + 1..eq + 2], "\"", "{line}");
+                    while chars.peek().is_some_and(|(i, _)| *i <= eq + 1) {
+                        chars.next();
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().expect("closing quote") {
+                            (_, '"') => break,
+                            (_, '\\') => match chars.next().expect("escape").1 {
+                                '\\' => value.push('\\'),
+                                '"' => value.push('"'),
+                                'n' => value.push('\n'),
+                                c => panic!("bad escape \\{c} in {line}"),
+                            },
+                            (_, '\n') => panic!("raw newline in {line}"),
+                            (_, c) => value.push(c),
+                        }
+                    }
+                    labels.push((lname.to_owned(), value));
+                    if chars.peek().is_some_and(|(_, c)| *c == ',') {
+                        chars.next();
+                    }
+                }
+            }
+            let mut fields = rest.trim_start_matches(' ').split(' ');
+            let value = fields.next().expect("value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+            };
+            if let Some(ts) = fields.next() {
+                ts.parse::<i64>().expect("timestamp");
+            }
+            assert!(fields.next().is_none(), "{line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+                })
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "no TYPE for {name}");
+            assert!(help.contains_key(family), "no HELP for {name}");
+            samples.push((name.to_owned(), labels, value));
+        }
+        let scrape = Scrape { samples };
+        for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
+            scrape.check_histogram(family);
+        }
+        scrape
+    }
+
+    fn check_histogram(&self, family: &str) {
+        let bucket = format!("{family}_bucket");
+        let without_le = |l: &[(String, String)]| -> Vec<(String, String)> {
+            l.iter().filter(|(k, _)| k != "le").cloned().collect()
+        };
+        let mut groups: Vec<Vec<(String, String)>> = Vec::new();
+        for (n, l, _) in &self.samples {
+            if *n == bucket && !groups.contains(&without_le(l)) {
+                groups.push(without_le(l));
+            }
+        }
+        for labels in groups {
+            let mut buckets: Vec<(f64, f64)> = self
+                .samples
+                .iter()
+                .filter(|(n, l, _)| *n == bucket && without_le(l) == labels)
+                .map(|(_, l, v)| {
+                    let le = &l.iter().find(|(k, _)| k == "le").expect("le").1;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().unwrap()
+                    };
+                    (le, *v)
+                })
+                .collect();
+            buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{family} {labels:?}: buckets not monotone: {buckets:?}"
+            );
+            let inf = buckets
+                .last()
+                .filter(|b| b.0.is_infinite())
+                .expect("+Inf bucket")
+                .1;
+            let get = |suffix: &str| {
+                self.samples
+                    .iter()
+                    .find(|(n, l, _)| *n == format!("{family}{suffix}") && *l == labels)
+                    .unwrap_or_else(|| panic!("no {family}{suffix} for {labels:?}"))
+                    .2
+            };
+            assert_eq!(inf, get("_count"), "{family} {labels:?}: +Inf != _count");
+            assert!(get("_sum") >= 0.0);
+        }
+    }
+
+    /// The value of `name` with exactly `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|s| s.2)
+    }
+}
+
+fn scrape(port: u16) -> Scrape {
+    let (status, body) = http(port, "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    Scrape::parse(&body)
+}
+
+#[test]
+fn metrics_scrape_parses_as_prometheus_text_with_the_expected_series() {
+    let mut t = Ns::new("metrics");
+    let port = crate::util::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = start(
+        &t,
+        &[],
+        &[
+            "--queues",
+            "q1,q2,q3",
+            "-c",
+            "3",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    wait_status(port, "/health", 200, 15);
+    const WEIRD: &str = "We\"ird\\Class";
+    for i in 0..50 {
+        t.push(
+            "q1",
+            format!(r#"{{"class":"AhWorker::Noop","args":[{i}]}}"#).as_bytes(),
+        );
+    }
+    for _ in 0..5 {
+        t.push("q2", br#"{"class":"AhWorker::Fail","args":["no"]}"#);
+    }
+    t.push("q2", br#"{"class":"We\"ird\\Class","args":[]}"#);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let done = |s: &Scrape| {
+        s.value(
+            "ah_worker_jobs_total",
+            &[
+                ("queue", "q1"),
+                ("class", "AhWorker::Noop"),
+                ("outcome", "succeeded"),
+            ],
+        ) == Some(50.0)
+            && s.value(
+                "ah_worker_jobs_total",
+                &[("queue", "q2"), ("class", WEIRD), ("outcome", "failed")],
+            ) == Some(1.0)
+            && s.value("ah_worker_slots_busy", &[]) == Some(0.0)
+    };
+    while !done(&scrape(port)) {
+        assert!(Instant::now() < deadline, "jobs not counted in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Paused, three jobs wait in q3.
+    signal(&child, "USR2");
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        t.push("q3", br#"{"class":"AhWorker::Noop","args":[]}"#);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let s = scrape(port);
+    let job = |q: &str, class: &str, outcome: &str| {
+        s.value(
+            "ah_worker_jobs_total",
+            &[("queue", q), ("class", class), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(job("q1", "AhWorker::Noop", "succeeded"), Some(50.0));
+    assert_eq!(job("q1", "AhWorker::Noop", "failed"), Some(0.0));
+    assert_eq!(job("q2", "AhWorker::Fail", "failed"), Some(5.0));
+    assert_eq!(job("q2", WEIRD, "failed"), Some(1.0));
+    let noop = [("queue", "q1"), ("class", "AhWorker::Noop")];
+    assert_eq!(
+        s.value("ah_worker_job_duration_seconds_count", &noop),
+        Some(50.0)
+    );
+    assert_eq!(
+        s.value(
+            "ah_worker_job_duration_seconds_bucket",
+            &[("queue", "q1"), ("class", "AhWorker::Noop"), ("le", "300")]
+        ),
+        Some(50.0)
+    );
+    for (q, depth) in [("q1", 0.0), ("q2", 0.0), ("q3", 3.0)] {
+        assert_eq!(
+            s.value("ah_worker_queue_depth", &[("queue", q)]),
+            Some(depth),
+            "{q}"
+        );
+    }
+    assert_eq!(s.value("ah_worker_slots", &[]), Some(3.0));
+    assert_eq!(s.value("ah_worker_paused", &[]), Some(1.0));
+    assert_eq!(s.value("ah_worker_ready", &[]), Some(1.0));
+    assert_eq!(s.value("ah_worker_redis_errors_total", &[]), Some(0.0));
+    assert_eq!(
+        s.value(
+            "ah_worker_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = s
+        .value("ah_worker_process_start_time_seconds", &[])
+        .unwrap();
+    assert!(now - started > 0.0 && now - started < 60.0, "{started}");
+    let beat = s
+        .value("ah_worker_last_heartbeat_timestamp_seconds", &[])
+        .unwrap();
+    assert!((now - beat).abs() < 30.0, "{beat}");
+    assert_eq!(
+        s.value("ah_worker_reloads_total", &[("result", "applied")]),
+        Some(0.0)
+    );
+
+    // Other paths and methods.
+    assert_eq!(http(port, "GET", "/nope").0, 404);
+    assert_eq!(http(port, "POST", "/metrics").0, 405);
+    assert_eq!(http(port, "GET", "/health/live").0, 200);
+    signal(&child, "TERM");
+    assert!(wait_output(child, 15).status.success());
+}
+
+#[test]
+fn health_follows_redis_away_and_back_and_the_loop() {
+    let port = crate::util::free_port();
+    let redis = crate::util::start_redis(port, &[]);
+    let mut t = Ns::on(&redis.url(), "health");
+    drop(redis);
+    let http_port = crate::util::free_port();
+    let listen = format!("127.0.0.1:{http_port}");
+    // Beats every 1/3 s, so a lost Redis shows at once.
+    let child = start(
+        &t,
+        &[("AH_WORKER_DEAD_AFTER", "1")],
+        &["--queues", "q", "-c", "2", "--metrics-listen", &listen],
+    );
+    // No Redis yet: not ready, but alive.
+    let body = wait_status(http_port, "/health", 503, 10);
+    assert!(body.contains("\"phase\":\"starting\""), "{body}");
+    assert_eq!(http(http_port, "GET", "/health/live").0, 200);
+
+    let redis = crate::util::start_redis(port, &[]);
+    let body = wait_status(http_port, "/health", 200, 15);
+    assert!(
+        body.contains("\"status\":\"ok\"") && body.contains("\"slots\":2"),
+        "{body}"
+    );
+
+    drop(redis);
+    let body = wait_status(http_port, "/health", 503, 10);
+    assert!(body.contains("\"redis\":\"unreachable\""), "{body}");
+    assert!(body.contains("\"loop\":\"ok\""), "{body}");
+    assert_eq!(
+        http(http_port, "GET", "/health/live").0,
+        200,
+        "Redis is not the loop"
+    );
+
+    let _redis = crate::util::start_redis(port, &[]);
+    wait_status(http_port, "/health", 200, 20);
+    let s = scrape(http_port);
+    assert!(s.value("ah_worker_redis_errors_total", &[]).unwrap() >= 1.0);
+    assert!(s.value("ah_worker_redis_reconnects_total", &[]).unwrap() >= 1.0);
+    t.reconnect();
+    signal(&child, "TERM");
+    assert!(wait_output(child, 15).status.success());
 }

@@ -28,7 +28,7 @@ use crate::handler::{JobContext, JobError, Registry, Services};
 use crate::resque::store::RESPONSE_TIMEOUT;
 use crate::resque::{Ack, AckKind, Failure, Job, StepRequest, Store, TakeLimit, WorkerId, payload};
 use crate::shutdown::{Control, StopReason, StopReport};
-use crate::vitals::{Phase, Vitals};
+use crate::vitals::{JobMeter, JobOutcome, Phase, Vitals};
 
 /// Longest delay of the batched per-worker success counters
 /// (`stat:processed:<worker>`), as Sidekiq and actionHero batch theirs.
@@ -77,6 +77,8 @@ pub struct Runner {
 /// A job a slot is running.
 struct Running {
     seq: u64,
+    /// Since when it runs, for the duration metrics.
+    started: Instant,
     limit: Option<usize>,
     queue: String,
     raw: Arc<[u8]>,
@@ -91,8 +93,9 @@ enum Slot {
     Acking(Ack),
 }
 
-/// Results of job tasks: slot, sequence number, outcome, the parsed job.
-type Finished = (usize, u64, Outcome, Option<Job>);
+/// Results of job tasks: slot, sequence number, outcome, the parsed job,
+/// the class.
+type Finished = (usize, u64, Outcome, Option<Job>, Option<String>);
 
 impl Runner {
     /// Register the slots, take and run jobs until stopped by `control` (or,
@@ -238,11 +241,12 @@ impl Runner {
         let mut pulse = tokio::time::interval(self.vitals.pulse_every);
         pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.vitals.set_paused(paused);
+        let mut meter = JobMeter::new(self.vitals.clone());
 
         loop {
             self.vitals.pulse.beat(self.vitals.pulse_every * 2);
             while let Some(done) = tasks.try_join_next() {
-                self.finish(&mut slots, done, &mut in_flight, &mut skipped);
+                self.finish(&mut slots, done, &mut in_flight, &mut skipped, &mut meter);
             }
             let free: Vec<usize> = slots
                 .iter()
@@ -483,7 +487,7 @@ impl Runner {
             // they are in slots, and only a recorded step frees a slot.
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    self.finish(&mut slots, done, &mut in_flight, &mut skipped);
+                    self.finish(&mut slots, done, &mut in_flight, &mut skipped, &mut meter);
                     // Capacity under a limit came free: look at the queues.
                     idle = false;
                 }
@@ -505,7 +509,7 @@ impl Runner {
                         }
                     }
                     Some(Control::CancelJobs) => {
-                        self.cancel_running(&mut slots, &mut in_flight, "cancelled by SIGUSR1");
+                        self.cancel_running(&mut slots, &mut in_flight, &mut meter, "cancelled by SIGUSR1");
                     }
                     Some(Control::Pause) => {
                         info!("paused");
@@ -542,7 +546,7 @@ impl Runner {
                 _ = tokio::time::sleep_until(next_poll), if idle => { idle = false; }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && running => {
-                    put_back += self.put_back_running(&mut slots, &mut in_flight).await;
+                    put_back += self.put_back_running(&mut slots, &mut in_flight, &mut meter).await;
                 }
                 // Only turns the loop (its top promises the next turn).
                 _ = pulse.tick() => {}
@@ -576,13 +580,15 @@ impl Runner {
         let job_raw = raw.clone();
         let abort = tasks.spawn(
             async move {
-                let (outcome, job) = execute(&registry, &policies, &job_queue, &job_raw, ctx).await;
-                (slot, seq, outcome, job)
+                let (outcome, job, class) =
+                    execute(&registry, &policies, &job_queue, &job_raw, ctx).await;
+                (slot, seq, outcome, job, class)
             }
             .instrument(debug_span!("job", worker = %self.slots[slot].id)),
         );
         Slot::Running(Running {
             seq,
+            started: Instant::now(),
             limit,
             queue,
             raw,
@@ -593,7 +599,12 @@ impl Runner {
 
     /// At the shutdown deadline: stop every running job and put it back at
     /// the head of its queue. Returns how many went back.
-    async fn put_back_running(&self, slots: &mut [Slot], in_flight: &mut [usize]) -> usize {
+    async fn put_back_running(
+        &self,
+        slots: &mut [Slot],
+        in_flight: &mut [usize],
+        meter: &mut JobMeter,
+    ) -> usize {
         let mut n = 0;
         for (i, slot) in slots.iter_mut().enumerate() {
             let Slot::Running(r) = slot else { continue };
@@ -601,6 +612,9 @@ impl Runner {
             if let Some(l) = r.limit {
                 in_flight[l] -= 1;
             }
+            meter
+                .series_of(&r.queue, class_of(r).as_deref())
+                .observe(JobOutcome::PutBack, r.started.elapsed());
             let worker = &self.slots[i];
             self.vitals
                 .pulse
@@ -660,8 +674,9 @@ impl Runner {
         done: std::result::Result<Finished, tokio::task::JoinError>,
         in_flight: &mut [usize],
         skipped: &mut Vec<(String, Instant)>,
+        meter: &mut JobMeter,
     ) {
-        let Ok((i, seq, outcome, job)) = done else {
+        let Ok((i, seq, outcome, job, class)) = done else {
             // Aborted tasks: their slot was already handled by whoever aborted.
             return;
         };
@@ -688,13 +703,28 @@ impl Runner {
             }
             other => other,
         };
+        let counted = match &outcome {
+            Outcome::Succeeded => JobOutcome::Succeeded,
+            Outcome::Failed(_) | Outcome::Unknown(_) => JobOutcome::Failed,
+            Outcome::PutBack(_) => JobOutcome::PutBack,
+            Outcome::Deferred { .. } => JobOutcome::Deferred,
+        };
+        meter
+            .series_of(&r.queue, class.as_deref())
+            .observe(counted, r.started.elapsed());
         let ack = self.ack_for(&self.slots[i], r, outcome, job);
         slots[i] = Slot::Acking(ack);
     }
 
     /// Abort every running job and record it as failed, as Ruby records a
     /// child killed by USR1 (`Resque::DirtyExit`).
-    fn cancel_running(&self, slots: &mut [Slot], in_flight: &mut [usize], why: &str) {
+    fn cancel_running(
+        &self,
+        slots: &mut [Slot],
+        in_flight: &mut [usize],
+        meter: &mut JobMeter,
+        why: &str,
+    ) {
         for (i, slot) in slots.iter_mut().enumerate() {
             let Slot::Running(r) = slot else { continue };
             r.abort.abort();
@@ -702,6 +732,9 @@ impl Runner {
                 in_flight[l] -= 1;
             }
             warn!(worker = %self.slots[i].id, queue = %r.queue, "job {why}");
+            meter
+                .series_of(&r.queue, class_of(r).as_deref())
+                .observe(JobOutcome::Failed, r.started.elapsed());
             let e = JobError::new("Resque::DirtyExit", format!("Job {why}"));
             *slot = Slot::Acking(self.ack_for(&self.slots[i], r, Outcome::Failed(e), None));
         }
@@ -816,6 +849,11 @@ impl Runner {
             extra: (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()),
         }
     }
+}
+
+/// The class of a job stopped before it reported one (cancelled, put back).
+fn class_of(r: &Running) -> Option<String> {
+    Job::parse(&r.queue, &r.raw).ok().map(|j| j.class)
 }
 
 fn failure_record(worker: &WorkerId, r: &Running, e: JobError) -> String {

@@ -241,6 +241,7 @@ impl Ns {
             schedules: Vec::new(),
             policies: Default::default(),
             actionhero: None,
+            metrics_listen: None,
         }
     }
 
