@@ -181,7 +181,7 @@ pub async fn run_with(
         vitals.clone(),
     );
     let result = run_lives(config, &registry, &mut control_runner, &relay, &vitals).await;
-    relay.stop();
+    relay.stop().await;
     vitals.set_phase(Phase::Stopping);
     stop_reporting.cancel();
     for task in [notify_task, metrics_task].into_iter().flatten() {

@@ -37,8 +37,8 @@ use crate::vitals::{DURATION_BUCKETS_US, JobOutcome, Phase, Vitals};
 pub const REDIS_FRESH: Duration = Duration::from_secs(15);
 /// How long a scrape waits for the queue depths.
 pub const DEPTH_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take, from connection to answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request accepted (request line and headers).
 const MAX_REQUEST: usize = 8 * 1024;
 /// Connections served at once; more are closed at once.
@@ -84,8 +84,10 @@ pub fn spawn(
                 let vitals = vitals.clone();
                 tokio::spawn(
                     async move {
-                        if let Err(e) = serve(stream, &vitals).await {
-                            debug!(error = %e, "request failed");
+                        match tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &vitals)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => debug!(error = %e, "request failed"),
+                            Err(_) => debug!("request timed out"),
                         }
                         drop(permit);
                     }
@@ -103,10 +105,7 @@ fn debug_span_for(peer: SocketAddr) -> tracing::Span {
 
 /// Read one request, answer it, close.
 async fn serve(mut stream: TcpStream, vitals: &Vitals) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => return Ok(()),
-    };
+    let head = read_head(&mut stream).await?;
     let (status, content_type, body) = match parse_request_line(&head) {
         None => (400, "text/plain", "bad request\n".to_owned()),
         Some((method, _)) if method != "GET" && method != "HEAD" => {

@@ -23,6 +23,7 @@
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::config::{Config, ConfigError};
@@ -51,6 +52,7 @@ pub const RESTART_ONLY: [&str; 7] = [
 /// [`Control::Reload`] for the runner.
 pub(crate) struct Relay {
     pending: Arc<Mutex<Option<Config>>>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -75,8 +77,17 @@ impl Relay {
             pending: pending.clone(),
             inner,
         };
-        let task = tokio::spawn(reloader.run(outer).instrument(info_span!("reload")));
-        Relay { pending, task }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(
+            reloader
+                .run(outer, stop.clone())
+                .instrument(info_span!("reload")),
+        );
+        Relay {
+            pending,
+            stop,
+            task,
+        }
     }
 
     /// The configuration of the reload the runner just drained for.
@@ -85,8 +96,9 @@ impl Relay {
     }
 
     /// Stop relaying (the worker has stopped).
-    pub(crate) fn stop(self) {
-        self.task.abort();
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 
@@ -100,14 +112,15 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn run(self, mut outer: mpsc::UnboundedReceiver<Control>) {
+    async fn run(self, mut outer: mpsc::UnboundedReceiver<Control>, stop: CancellationToken) {
         let mut phases = self.vitals.subscribe();
         let mut queued = false;
         loop {
-            // Cancel-safety: `recv` and `changed` lose nothing when the other
+            // Cancel-safety: `recv` and `changed` lose nothing when another
             // branch wins; no job is in flight here, and a reload is checked
             // and handed over without awaiting.
             tokio::select! {
+                _ = stop.cancelled() => return,
                 msg = outer.recv() => match msg {
                     // Dropping `inner` tells the runner the controller is gone.
                     None => return,
