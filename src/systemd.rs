@@ -11,7 +11,8 @@
 //!   after a reload);
 //! - `WATCHDOG=1` every half `WATCHDOG_USEC` (as `sd_watchdog_enabled(3)`
 //!   advises), **only while the job loop keeps its [`Pulse`] promise**: a
-//!   wedged loop stops the pings and systemd restarts the service;
+//!   wedged loop stops the pings and systemd restarts the service (an idle
+//!   loop still turns every pulse, so idle is not wedged);
 //! - `STATUS=` busy slots, jobs done, the last error;
 //! - `RELOADING=1` with `MONOTONIC_USEC=` when a reload starts;
 //! - `STOPPING=1` when a stop starts, then `EXTEND_TIMEOUT_USEC=` while the
@@ -157,6 +158,8 @@ pub fn spawn(
                 notifier,
                 vitals,
                 watchdog,
+                every,
+                pinged: None,
                 told: Phase::Starting,
                 status: String::new(),
                 extended_at: None,
@@ -191,6 +194,10 @@ struct Speaker {
     notifier: Notifier,
     vitals: Arc<Vitals>,
     watchdog: Option<Duration>,
+    /// The tick period.
+    every: Duration,
+    /// The last watchdog ping.
+    pinged: Option<std::time::Instant>,
     told: Phase,
     status: String,
     /// Jobs done when the drain was last extended.
@@ -222,9 +229,18 @@ impl Speaker {
 
     fn tick(&mut self) {
         let alive = self.vitals.pulse.alive();
-        if self.watchdog.is_some() && self.told != Phase::Starting {
+        if let Some(period) = self.watchdog
+            && self.told != Phase::Starting
+        {
+            // Every half period (the tick may be shorter, for the status).
+            let due = self
+                .pinged
+                .is_none_or(|at| at.elapsed() + self.every >= period / 2);
             if alive {
-                self.notifier.notify("WATCHDOG=1");
+                if due {
+                    self.notifier.notify("WATCHDOG=1");
+                    self.pinged = Some(std::time::Instant::now());
+                }
                 self.withheld = false;
             } else if !self.withheld {
                 warn!("the job loop is not making progress; withholding the watchdog ping");
