@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::sync::mpsc;
+use tracing::{error, info};
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -74,12 +75,21 @@ pub fn main(registry: Registry) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let run_args = cli.run.clone();
     let result = runtime.block_on(async {
         match cli.command {
             None | Some(Command::Run) => {
                 let (controller, control) = Controller::new();
                 signals::forward(controller)?;
-                run(&config, registry, control).await.map(|_| ())
+                let options = RunOptions {
+                    notifier: crate::systemd::Notifier::from_env(),
+                    watchdog: crate::systemd::watchdog_from_env(),
+                    // A reload resolves the same flags and environment again.
+                    reload: Some(Box::new(move || Config::load(&run_args))),
+                };
+                run_with(&config, registry, control, options)
+                    .await
+                    .map(|_| ())
             }
             Some(Command::Enqueue {
                 class,
@@ -121,7 +131,8 @@ pub fn main(registry: Registry) -> ExitCode {
     }
 }
 use crate::resque::{ProcessId, Store};
-use crate::shutdown::{Control, StopReport};
+use crate::shutdown::{Control, StopReason, StopReport};
+use crate::vitals::{Phase, Vitals};
 use crate::worker::{QueueSpec, Recoverer, Runner};
 
 /// The async runtime: one thread by default. The runner, its Redis calls
@@ -149,13 +160,138 @@ pub async fn run(
     registry: Registry,
     control: mpsc::UnboundedReceiver<Control>,
 ) -> anyhow::Result<StopReport> {
-    let mut control = control;
+    run_with(config, registry, control, RunOptions::default()).await
+}
+
+/// What the `run` command adds to a worker: the service manager to keep
+/// informed, and where a reload reads the configuration.
+#[derive(Default)]
+pub struct RunOptions {
+    /// systemd's notify socket (`NOTIFY_SOCKET`).
+    pub notifier: Option<crate::systemd::Notifier>,
+    /// systemd's watchdog period (`WATCHDOG_USEC`).
+    pub watchdog: Option<std::time::Duration>,
+    /// The configuration source of a reload (HUP); without one a reload is
+    /// refused.
+    pub reload: Option<crate::reload::Source>,
+}
+
+/// [`run`], telling the service manager of `options` how it goes and
+/// reloading from its source.
+pub async fn run_with(
+    config: &Config,
+    registry: Registry,
+    control: mpsc::UnboundedReceiver<Control>,
+    options: RunOptions,
+) -> anyhow::Result<StopReport> {
+    let vitals = Arc::new(Vitals::new(crate::systemd::pulse_for(options.watchdog)));
+    let stop_reporting = tokio_util::sync::CancellationToken::new();
+    // Listen first: a taken port stops the start-up, and /health answers
+    // (503) while the worker connects.
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+            Some(crate::metrics::spawn(
+                listener,
+                vitals.clone(),
+                stop_reporting.clone(),
+            ))
+        }
+        None => None,
+    };
+    let notify_task = options.notifier.map(|n| {
+        crate::systemd::spawn(n, vitals.clone(), options.watchdog, stop_reporting.clone())
+    });
+    let (to_runner, mut control_runner) = mpsc::unbounded_channel();
+    let relay = crate::reload::Relay::spawn(
+        control,
+        to_runner,
+        options.reload,
+        registry.clone(),
+        config.clone(),
+        vitals.clone(),
+    );
+    let result = run_lives(config, &registry, &mut control_runner, &relay, &vitals).await;
+    relay.stop().await;
+    vitals.set_phase(Phase::Stopping);
+    stop_reporting.cancel();
+    for task in [notify_task, metrics_task].into_iter().flatten() {
+        let _ = task.await;
+    }
+    result
+}
+
+/// Connect, then run one life of the worker per configuration: the first,
+/// then one more per reload.
+async fn run_lives(
+    config: &Config,
+    natives: &Registry,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    relay: &crate::reload::Relay,
+    vitals: &Arc<Vitals>,
+) -> anyhow::Result<StopReport> {
     let mut start_paused = false;
-    let store = connect_retrying(config, &mut control, &mut start_paused).await?;
-    let mut registry = registry;
-    crate::plugin::register_all(&config.plugins, &mut registry)?;
+    let store = connect_retrying(config, control, &mut start_paused).await?;
+    let mut current = config.clone();
+    let mut registry = with_plugins(natives, &current).await?;
+    let mut performed = 0;
+    loop {
+        let mut report =
+            run_generation(&current, &store, registry, control, start_paused, vitals).await?;
+        performed += report.performed;
+        if report.reason != StopReason::Reload {
+            report.performed = performed;
+            return Ok(report);
+        }
+        start_paused = vitals.paused();
+        let next = relay.take().unwrap_or_else(|| current.clone());
+        registry = match with_plugins(natives, &next).await {
+            Ok(registry) => {
+                current = next;
+                vitals.reloaded();
+                info!(queues = ?current.queues, concurrency = current.concurrency, plugins = current.plugins.len(), "configuration reloaded");
+                registry
+            }
+            Err(e) => {
+                vitals.reload_failed();
+                vitals.error(format!("reload failed: {e}"));
+                error!(error = %e, "reload failed: cannot start the new plugins; going back to the running configuration");
+                with_plugins(natives, &current).await?
+            }
+        };
+    }
+}
+
+/// `natives` plus the plugins of `config`, started; none is left running on
+/// an error.
+async fn with_plugins(
+    natives: &Registry,
+    config: &Config,
+) -> Result<Registry, crate::plugin::PluginError> {
+    let mut registry = natives.clone();
+    if let Err(e) = crate::plugin::register_all(&config.plugins, &mut registry) {
+        registry.shutdown_plugins().await;
+        return Err(e);
+    }
+    Ok(registry)
+}
+
+/// One life of the worker with `config` on `store` and the handlers of
+/// `registry`: runner, scheduler and background tasks, until `control`
+/// stops the runner.
+async fn run_generation(
+    config: &Config,
+    store: &Store,
+    registry: Registry,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    start_paused: bool,
+    vitals: &Arc<Vitals>,
+) -> anyhow::Result<StopReport> {
     let registry = Arc::new(registry);
     let queues = QueueSpec::new(&config.queues);
+    vitals.set_queues(store.clone(), queues.clone());
     let me = ProcessId {
         host: config.host_name.clone().unwrap_or_else(hostname),
         pid: std::process::id(),
@@ -209,6 +345,7 @@ pub async fn run(
         recoverer,
         policies: Arc::new(config.policies.clone()),
         start_paused,
+        vitals: vitals.clone(),
     };
     let scheduler = config.scheduler.then(|| {
         let stop = tokio_util::sync::CancellationToken::new();
@@ -238,8 +375,12 @@ pub async fn run(
         let _ = task.await;
     }
     // No job runs any more: close plugin processes and connections, write
-    // the last stats.
-    registry.shutdown().await;
+    // the last stats. A reload keeps the native handlers for the next life.
+    if matches!(&report, Ok(r) if r.reason == StopReason::Reload) {
+        registry.shutdown_plugins().await;
+    } else {
+        registry.shutdown().await;
+    }
     stop_background.cancel();
     for task in background {
         let _ = task.await;

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 /// the defaults. Environment: REDIS_URL, QUEUES or QUEUE, INTERVAL (Resque's
 /// names) and AH_WORKER_CONFIG, AH_WORKER_NAMESPACE, AH_WORKER_CONCURRENCY,
 /// AH_WORKER_SHUTDOWN_TIMEOUT, AH_WORKER_LOG_FORMAT, AH_WORKER_LOG_LEVEL
-/// (or RUST_LOG).
+/// (or RUST_LOG), AH_WORKER_METRICS_LISTEN.
 #[derive(Debug, Parser)]
 #[command(name = "ah-worker", version, propagate_version = true)]
 pub struct Cli {
@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Log level or filter, e.g. debug or ah_worker=trace [default: info].
     #[arg(long, value_name = "FILTER", global = true)]
     pub log_level: Option<String>,
+    /// Serve Prometheus metrics (/metrics) and health (/health) over HTTP on
+    /// this address, e.g. 127.0.0.1:9187 [default: off].
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Subcommands.

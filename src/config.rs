@@ -168,6 +168,8 @@ pub struct Config {
     pub actionhero: Option<crate::actionhero::Settings>,
     /// Faye pub/sub and the bridge to jobs (the `[faye]` section).
     pub faye: Option<crate::faye::Settings>,
+    /// Where `/metrics` and `/health` are served over HTTP; `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The config file's shape. Unknown keys are an error, so a typo is not
@@ -204,6 +206,7 @@ struct FileConfig {
     classes: Vec<toml::Value>,
     actionhero: Option<toml::Value>,
     faye: Option<toml::Value>,
+    metrics_listen: Option<String>,
 }
 
 /// `queues = "a,b"` or `queues = ["a", "b"]`.
@@ -562,6 +565,26 @@ impl Config {
             false,
         )?;
 
+        let metrics_listen = match pick(
+            &args.metrics_listen,
+            "--metrics-listen",
+            &["AH_WORKER_METRICS_LISTEN"],
+            file.metrics_listen.clone(),
+            "metrics_listen",
+        ) {
+            None => None,
+            Some(raw) => match raw.value.trim() {
+                "" | "off" => None,
+                v => Some(v.parse().map_err(|_| {
+                    invalid(
+                        "metrics listen address",
+                        &raw,
+                        "an IP address and port like 127.0.0.1:9187, or off",
+                    )
+                })?),
+            },
+        };
+
         let mut schedules: Vec<crate::scheduler::Schedule> = Vec::new();
         for table in file.schedules {
             let s = crate::scheduler::Schedule::from_toml(table, &file_name)
@@ -644,6 +667,7 @@ impl Config {
             policies,
             actionhero,
             faye,
+            metrics_listen,
         })
     }
 }
@@ -834,6 +858,36 @@ mod tests {
             .to_string();
         assert!(
             err.contains("REDIS_URL") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        assert_eq!(
+            resolve(RunArgs::default(), &[]).unwrap().metrics_listen,
+            None
+        );
+        let c = resolve(
+            RunArgs::default(),
+            &[("AH_WORKER_METRICS_LISTEN", "127.0.0.1:9187")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9187".parse().unwrap()));
+        let args = RunArgs {
+            metrics_listen: Some("off".into()),
+            ..RunArgs::default()
+        };
+        let c = resolve(args, &[("AH_WORKER_METRICS_LISTEN", "[::1]:9187")]).unwrap();
+        assert_eq!(c.metrics_listen, None, "the flag wins");
+        let err = resolve(
+            RunArgs::default(),
+            &[("AH_WORKER_METRICS_LISTEN", "localhost")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"localhost\"") && err.contains("127.0.0.1:9187"),
             "{err}"
         );
     }

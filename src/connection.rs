@@ -32,7 +32,7 @@ use redis::{Client, Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError, RedisF
 
 /// How long one command may take before the connection is taken for broken.
 /// Generous: a step moving large payloads is one command.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long to wait for a TCP connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -15,6 +15,10 @@
 //! - [`faye`] — Faye pub/sub with Node peers (faye-redis engine or Bayeux over HTTP), the bridge to jobs.
 //! - [`scheduler`] — moves due delayed jobs, one leader at a time.
 //! - [`shutdown`] — control commands and the stop report; [`signals`] maps OS signals to them.
+//! - [`reload`] — re-reading the configuration on HUP, refusing an invalid one.
+//! - [`vitals`] — what a running worker knows about itself: loop progress, phase, counters.
+//! - [`systemd`] — systemd's notify protocol: readiness, watchdog, status, stopping.
+//! - [`metrics`] — the optional HTTP listener: Prometheus `/metrics` and `/health`.
 //! - [`glob`] — Ruby-style glob patterns for queue lists and plugin classes.
 //! - [`telemetry`] — logging.
 //! - [`app`] — wiring everything together.
@@ -39,12 +43,16 @@ pub mod error;
 pub mod faye;
 pub mod glob;
 pub mod handler;
+pub mod metrics;
 pub mod plugin;
+pub mod reload;
 pub mod resque;
 pub mod scheduler;
 pub mod shutdown;
 pub mod signals;
+pub mod systemd;
 pub mod telemetry;
+pub mod vitals;
 pub mod worker;
 
 pub use error::{Error, Result};

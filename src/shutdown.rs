@@ -20,6 +20,10 @@ pub enum Control {
     Pause,
     /// Take jobs again.
     Resume,
+    /// Re-read the configuration: stop taking jobs, let running ones finish
+    /// (however long), unregister, and start again with the new
+    /// configuration (see [`crate::reload`]).
+    Reload,
 }
 
 impl Control {
@@ -32,7 +36,8 @@ impl Control {
             Some(Control::Stop | Control::StopAfterJobs) | None => return true,
             Some(Control::Pause) => *paused = true,
             Some(Control::Resume) => *paused = false,
-            Some(Control::CancelJobs) => {}
+            // A reload waits until the worker runs (see `crate::reload`).
+            Some(Control::CancelJobs | Control::Reload) => {}
         }
         false
     }
@@ -64,6 +69,9 @@ pub enum StopReason {
     Drained,
     /// Every controller was dropped.
     ControllerGone,
+    /// A [`Control::Reload`]: every running job finished; the worker starts
+    /// again with its new configuration.
+    Reload,
 }
 
 /// How a worker stopped.

@@ -9,6 +9,7 @@
 //! | USR1 | cancel running jobs (recorded as failures, as Resque records a killed child); carry on |
 //! | USR2 | pause: take no new jobs |
 //! | CONT | resume |
+//! | HUP | reload: re-read the configuration; if it is valid, stop taking jobs, finish running ones, start again with it (see [`crate::reload`]) |
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
@@ -29,6 +30,7 @@ pub fn forward(controller: Controller) -> std::io::Result<()> {
             "CONT",
             Control::Resume,
         ),
+        (SignalKind::hangup(), "HUP", Control::Reload),
     ];
     for (kind, name, control) in table {
         let mut stream = signal(kind)?;

@@ -6,8 +6,9 @@
 //! worker id), `queue`, `class`, `exception`, `error`, `elapsed_ms`,
 //! `signal`, `slots`, `performed`, `put_back`.
 //!
-//! Spans: `runner` (the process's slots), `heartbeat`, `waiter{queue}`, and
-//! `job{worker}` at debug level.
+//! Spans: `runner` (the process's slots), `heartbeat`, `waiter{queue}`,
+//! `systemd`, `reload`, `metrics{addr}`, and at debug level `job{worker}`
+//! and `request{peer}`.
 
 use tracing_subscriber::EnvFilter;
 

@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod faye;
 mod node;
+mod ops;
 mod plugins;
 mod policies;
 mod props;

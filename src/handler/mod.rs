@@ -429,12 +429,24 @@ impl Registry {
 
     /// Shut every handler down (each once).
     pub async fn shutdown(&self) {
+        self.shutdown_where(|_| true).await;
+    }
+
+    /// Shut the plugins down (each once), leaving native handlers as they
+    /// are: a reload starts the plugins again from the new configuration,
+    /// while native handlers live as long as the process.
+    pub async fn shutdown_plugins(&self) {
+        self.shutdown_where(|owner| owner != NATIVE_OWNER).await;
+    }
+
+    async fn shutdown_where(&self, owned: impl Fn(&str) -> bool) {
         // Handlers by address: a plugin claiming several classes is one handler.
         let mut seen: Vec<usize> = Vec::new();
         let entries = self
             .exact
             .values()
-            .chain(self.patterns.iter().map(|(_, e)| e));
+            .chain(self.patterns.iter().map(|(_, e)| e))
+            .filter(|e| owned(&e.owner));
         for e in entries {
             let ptr = Arc::as_ptr(&e.handler) as *const () as usize;
             if !seen.contains(&ptr) {

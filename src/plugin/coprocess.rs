@@ -282,6 +282,9 @@ impl Supervisor {
         if let Some(cwd) = &self.process.cwd {
             cmd.current_dir(cwd);
         }
+        for name in crate::systemd::MAIN_PROCESS_ENV {
+            cmd.env_remove(name);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return format!("cannot start {:?}: {e}", self.process.command[0]),

@@ -93,6 +93,9 @@ async fn run(
     if let Some(cwd) = &process.cwd {
         cmd.current_dir(cwd);
     }
+    for name in crate::systemd::MAIN_PROCESS_ENV {
+        cmd.env_remove(name);
+    }
     let mut child = cmd.spawn().map_err(|e| {
         JobError::new(
             "AhWorker::ExecFailed",

@@ -744,6 +744,19 @@ impl Store {
         Ok(conn.smembers(self.keys.queues()).await?)
     }
 
+    /// How many jobs wait in each of `queues`, in one round trip.
+    pub async fn queue_lengths(&self, queues: &[String]) -> Result<Vec<u64>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in queues {
+            pipe.llen(self.keys.queue(q));
+        }
+        let mut conn = self.conn.clone();
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
     /// Push a payload at the tail of `queue` and make the queue known, as
     /// `Resque.push` and node-resque's `enqueue` do.
     pub async fn enqueue(&self, queue: &str, payload: &[u8]) -> Result<()> {

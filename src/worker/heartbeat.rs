@@ -17,6 +17,7 @@ use tracing::{Instrument, info_span, warn};
 use super::recovery::Recoverer;
 use crate::resque::payload::ProcessEntry;
 use crate::resque::{Store, WorkerId};
+use crate::vitals::Vitals;
 
 /// The longest time between two beats of the process entry.
 pub(super) const MAX_BEAT: Duration = Duration::from_secs(5);
@@ -28,6 +29,7 @@ pub(super) struct Heartbeat {
     pub queues: String,
     pub heartbeat_interval: Duration,
     pub recoverer: Recoverer,
+    pub vitals: std::sync::Arc<Vitals>,
 }
 
 impl Heartbeat {
@@ -46,9 +48,12 @@ impl Heartbeat {
             slots: self.workers.len(),
             queues: self.queues.clone(),
         };
-        self.store
+        let vanished = self
+            .store
             .process_beat(&self.recoverer.me.field(), &entry)
-            .await
+            .await?;
+        self.vitals.heartbeat(entry.beat);
+        Ok(vanished)
     }
 
     /// Spawn the task; it beats until `cancel`.
@@ -73,8 +78,11 @@ impl Heartbeat {
                         .tick(&mut last_full, &mut last_ok, &mut trust_beats_after)
                         .await
                     {
-                        Ok(()) => {}
-                        Err(e) => warn!(error = %e, "heartbeat failed; retrying at the next beat"),
+                        Ok(()) => self.vitals.redis_ok(),
+                        Err(e) => {
+                            self.vitals.redis_failed("heartbeat", &e);
+                            warn!(error = %e, "heartbeat failed; retrying at the next beat")
+                        }
                     }
                 }
             }

@@ -70,14 +70,16 @@ impl UnknownClass {
 
 /// Parse `raw`, apply the class's locks, find its handler and run it; every
 /// way it can go wrong is a [`Outcome::Failed`] with a clear exception name.
-/// Returns the parsed job too (`None` for a malformed payload). Never panics.
+/// Returns the parsed job too when the runner needs it back (class
+/// policies, actionHero stats; `None` for a malformed payload), and the
+/// job's class (`None` for a malformed payload). Never panics.
 pub async fn execute(
     registry: &Registry,
     policies: &Policies,
     queue: &str,
     raw: &[u8],
     ctx: JobContext,
-) -> (Outcome, Option<Job>) {
+) -> (Outcome, Option<Job>, Option<String>) {
     let started = Instant::now();
     let job = match Job::parse(queue, raw) {
         Ok(job) => job,
@@ -86,22 +88,24 @@ pub async fn execute(
             return (
                 Outcome::Failed(JobError::new(payload::MALFORMED_EXCEPTION, e.to_string())),
                 None,
+                None,
             );
         }
     };
     let class = job.class.clone();
     let Some(handler) = registry.get(&class) else {
         warn!(class, queue, worker = %ctx.worker, "no handler for class");
-        return (Outcome::Unknown(class), Some(job));
+        return (Outcome::Unknown(class.clone()), Some(job), Some(class));
     };
     if let Some(policy) = policies.of(&class) {
         match before_perform(policy, &job, &ctx).await {
             Ok(None) => {}
-            Ok(Some(deferred)) => return (deferred, Some(job)),
+            Ok(Some(deferred)) => return (deferred, Some(job), Some(class)),
             Err(e) => {
                 return (
                     Outcome::Failed(JobError::new("AhWorker::LockError", format!("{e}"))),
                     Some(job),
+                    Some(class),
                 );
             }
         }
@@ -173,7 +177,7 @@ pub async fn execute(
             "job failed"
         ),
     }
-    (outcome, job_copy)
+    (outcome, job_copy, Some(class))
 }
 
 /// node-resque's beforePerform plugins: QueueLock is released, JobLock

@@ -28,10 +28,12 @@ use super::wake::Waiters;
 use super::{Outcome, UnknownClass, execute};
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
+use crate::connection::RESPONSE_TIMEOUT;
 use crate::resque::{
     Ack, AckKind, Failure, Job, StepReply, StepRequest, Store, TakeLimit, WorkerId, payload,
 };
 use crate::shutdown::{Control, StopReason, StopReport};
+use crate::vitals::{JobMeter, JobOutcome, Phase, Vitals};
 
 /// Longest delay of the batched per-worker success counters
 /// (`stat:processed:<worker>`), as Sidekiq and actionHero batch theirs.
@@ -73,11 +75,15 @@ pub struct Runner {
     pub policies: Arc<Policies>,
     /// Start paused (a USR2 arrived while connecting).
     pub start_paused: bool,
+    /// Where the runner reports its progress, phase and counters.
+    pub vitals: Arc<Vitals>,
 }
 
 /// A job a slot is running.
 struct Running {
     seq: u64,
+    /// Since when it runs, for the duration metrics.
+    started: Instant,
     limit: Option<usize>,
     queue: String,
     raw: Arc<[u8]>,
@@ -143,13 +149,14 @@ impl StepPlan {
     }
 }
 
-/// Results of job tasks: slot, sequence number, outcome, the parsed job.
-type Finished = (usize, u64, Outcome, Option<Job>);
+/// Results of job tasks: slot, sequence number, outcome, the parsed job,
+/// the class.
+type Finished = (usize, u64, Outcome, Option<Job>, Option<String>);
 
 impl Runner {
     /// Register the slots, take and run jobs until stopped by `control` (or,
     /// when draining, until the queues are empty), then unregister.
-    pub async fn run(self, mut control: mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
+    pub async fn run(self, control: &mut mpsc::UnboundedReceiver<Control>) -> Result<StopReport> {
         let mut paused = self.start_paused;
         let span = tracing::info_span!("runner", slots = self.slots.len(), queues = %self.queues.id_part());
         async move {
@@ -159,10 +166,11 @@ impl Runner {
                 queues: self.queues.id_part(),
                 heartbeat_interval: self.heartbeat_interval,
                 recoverer: self.recoverer.clone(),
+                vitals: self.vitals.clone(),
             };
             // Start-up survives Redis going away in the middle of it.
             loop {
-                let now = self.wait_for_redis(&mut control, &mut paused).await?;
+                let now = self.wait_for_redis(control, &mut paused).await?;
                 // A dead earlier process on this host (or under this very
                 // pid) gets its jobs back into the queues before we take any.
                 match self.recoverer.run_once(true).await {
@@ -174,15 +182,21 @@ impl Runner {
                     self.store.register(&self.slots, now).await?;
                     heartbeat.beat().await
                 };
+                self.vitals.pulse.beat(RESPONSE_TIMEOUT * 2);
                 match registered.await {
                     Ok(_) => break,
-                    Err(e) => warn!(error = %e, "registration failed; retrying"),
+                    Err(e) => {
+                        self.vitals.redis_failed("registration", &e);
+                        warn!(error = %e, "registration failed; retrying")
+                    }
                 }
             }
             info!(first = %self.slots[0].id, "worker registered");
+            self.vitals.set_slots(self.slots.len());
+            self.vitals.set_phase(Phase::Running);
             let beat = CancellationToken::new();
             let beat_task = heartbeat.spawn(beat.clone());
-            let result = self.serve(&mut control, paused).await;
+            let result = self.serve(control, paused).await;
             beat.cancel();
             let _ = beat_task.await;
             let mut report = result?;
@@ -209,9 +223,16 @@ impl Runner {
     ) -> Result<chrono::DateTime<Utc>> {
         let mut delay = RETRY_MIN;
         loop {
+            self.vitals.pulse.beat(RESPONSE_TIMEOUT + delay);
             match self.store.redis_time().await {
-                Ok(now) => return Ok(now),
-                Err(e) => warn!(error = %e, retry_in = ?delay, "redis is not answering"),
+                Ok(now) => {
+                    self.vitals.redis_ok();
+                    return Ok(now);
+                }
+                Err(e) => {
+                    self.vitals.redis_failed("redis is not answering", &e);
+                    warn!(error = %e, retry_in = ?delay, "redis is not answering")
+                }
             }
             // Cancel-safety: nothing is taken yet; a stop just ends the wait.
             tokio::select! {
@@ -263,6 +284,8 @@ impl Runner {
         let mut next_poll = Instant::now();
         let mut paused = start_paused;
         let mut stopping: Option<Option<Instant>> = None; // Some(deadline or none)
+        // The stop is a reload's drain (a TERM or QUIT meanwhile makes it a stop).
+        let mut reloading = false;
         let mut stop_requests = 0;
         let mut retry_at: Option<Instant> = None;
         let mut reconcile = false;
@@ -273,10 +296,17 @@ impl Runner {
         let mut successes: Vec<u64> = vec![0; self.slots.len()];
         let mut counted_at = Instant::now();
         let mut backoff = RETRY_MIN;
+        // Turns the loop when nothing else does, so an idle or draining
+        // worker still shows it is alive (see `Vitals::pulse`).
+        let mut pulse = tokio::time::interval(self.vitals.pulse_every);
+        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.vitals.set_paused(paused);
+        let mut meter = JobMeter::new(self.vitals.clone());
 
         loop {
+            self.vitals.pulse.beat(self.vitals.pulse_every * 2);
             while let Some(done) = tasks.try_join_next() {
-                self.finish(&mut slots, done, &mut in_flight, &mut skipped);
+                self.finish(&mut slots, done, &mut in_flight, &mut skipped, &mut meter);
             }
             // Replies of finished steps.
             while let Some((plan, result)) = replied
@@ -285,6 +315,7 @@ impl Runner {
             {
                 match result {
                     Err(e) => {
+                        self.vitals.redis_failed("redis step failed", &e);
                         // The acks stay pending and are retried: an ack that
                         // did land is fenced and not recorded twice. Jobs the
                         // step may have taken are found by `reconcile`.
@@ -303,6 +334,9 @@ impl Runner {
                         reconcile = true;
                     }
                     Ok(reply) => {
+                        self.vitals.redis_ok();
+                        self.vitals
+                            .add_done(reply.applied.iter().filter(|a| **a).count() as u64);
                         retry_at = None;
                         backoff = RETRY_MIN;
                         for ((i, ack), applied) in plan.acks.iter().zip(&reply.applied) {
@@ -372,14 +406,24 @@ impl Runner {
                 .enumerate()
                 .filter_map(|(i, s)| matches!(s, Slot::Acking(_)).then_some(i))
                 .collect();
+            self.vitals.set_busy(
+                slots
+                    .iter()
+                    .filter(|s| matches!(s, Slot::Running(_) | Slot::Acking(_)))
+                    .count(),
+            );
             let ready = retry_at.is_none_or(|at| Instant::now() >= at);
 
             if ready && reconcile {
                 // A step whose reply was lost may have taken jobs for free
                 // slots: they are in the status keys; run them.
                 let ids: Vec<&WorkerId> = free.iter().map(|&i| &self.slots[i]).collect();
+                self.vitals
+                    .pulse
+                    .beat(RESPONSE_TIMEOUT + self.vitals.pulse_every);
                 match self.store.held(&ids).await {
                     Ok(held) => {
+                        self.vitals.redis_ok();
                         reconcile = false;
                         let run_at = payload::run_at(Utc::now());
                         for (&slot, value) in free.iter().zip(held) {
@@ -405,6 +449,7 @@ impl Runner {
                         }
                     }
                     Err(e) => {
+                        self.vitals.redis_failed("cannot read the status keys", &e);
                         warn!(error = %e, "cannot read the status keys");
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(RETRY_MAX);
@@ -429,6 +474,9 @@ impl Runner {
                     && self.queues.is_dynamic()
                     && refreshed_at.is_none_or(|t| t.elapsed() >= QUEUE_REFRESH)
                 {
+                    self.vitals
+                        .pulse
+                        .beat(RESPONSE_TIMEOUT + self.vitals.pulse_every);
                     match self.store.queue_names().await {
                         Ok(names) => {
                             refreshed_at = Some(Instant::now());
@@ -442,6 +490,7 @@ impl Runner {
                             }
                         }
                         Err(e) => {
+                            self.vitals.redis_failed("cannot read the queue list", &e);
                             warn!(error = %e, "cannot read the queue list");
                             retry_at = Some(Instant::now() + backoff);
                             backoff = (backoff * 2).min(RETRY_MAX);
@@ -508,7 +557,11 @@ impl Runner {
             let pending = slots.iter().any(|s| !matches!(s, Slot::Free));
             if stopping.is_some() && !pending {
                 return Ok(StopReport {
-                    reason: StopReason::Requested,
+                    reason: if reloading {
+                        StopReason::Reload
+                    } else {
+                        StopReason::Requested
+                    },
                     performed,
                     put_back,
                     left_registered: Vec::new(),
@@ -533,7 +586,7 @@ impl Runner {
                 // keeps it until then).
                 Some(reply) = steps.next(), if !steps.is_empty() => replied = Some(reply),
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    self.finish(&mut slots, done, &mut in_flight, &mut skipped);
+                    self.finish(&mut slots, done, &mut in_flight, &mut skipped, &mut meter);
                     // Capacity under a limit came free: look at the queues.
                     idle = false;
                 }
@@ -542,31 +595,48 @@ impl Runner {
                         stop_requests += 1;
                         let grace = if stop_requests > 1 { Duration::ZERO } else { self.shutdown_timeout };
                         info!(running, grace = ?grace, "stopping: no new jobs");
+                        self.vitals.set_phase(Phase::Stopping);
+                        reloading = false;
                         stopping = Some(Some(Instant::now() + grace));
                     }
                     Some(Control::StopAfterJobs) => {
                         info!(running, "stopping after the running jobs");
+                        self.vitals.set_phase(Phase::Stopping);
+                        reloading = false;
                         if stopping.is_none() {
                             stopping = Some(None);
                         }
                     }
                     Some(Control::CancelJobs) => {
-                        self.cancel_running(&mut slots, &mut in_flight, "cancelled by SIGUSR1");
+                        self.cancel_running(&mut slots, &mut in_flight, &mut meter, "cancelled by SIGUSR1");
                     }
                     Some(Control::Pause) => {
                         info!("paused");
                         paused = true;
+                        self.vitals.set_paused(true);
                     }
                     Some(Control::Resume) => {
                         info!("resumed");
                         paused = false;
+                        self.vitals.set_paused(false);
                         idle = false;
+                    }
+                    Some(Control::Reload) => {
+                        if stopping.is_none() {
+                            info!(running, "reloading: no new jobs; running ones finish first");
+                            stopping = Some(None);
+                            reloading = true;
+                        } else {
+                            info!("reload ignored: already stopping");
+                        }
                     }
                     None => {
                         if stopping.is_none() {
                             info!("controller gone: stopping after the running jobs");
+                            self.vitals.set_phase(Phase::Stopping);
                             stopping = Some(None);
                         }
+                        reloading = false;
                     }
                 },
                 _ = wake.notified(), if idle => { idle = false; }
@@ -575,8 +645,10 @@ impl Runner {
                 _ = tokio::time::sleep_until(next_poll), if idle => { idle = false; }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && running => {
-                    put_back += self.put_back_running(&mut slots, &mut in_flight).await;
+                    put_back += self.put_back_running(&mut slots, &mut in_flight, &mut meter).await;
                 }
+                // Only turns the loop (its top promises the next turn).
+                _ = pulse.tick() => {}
             }
         }
     }
@@ -607,13 +679,15 @@ impl Runner {
         let job_raw = raw.clone();
         let abort = tasks.spawn(
             async move {
-                let (outcome, job) = execute(&registry, &policies, &job_queue, &job_raw, ctx).await;
-                (slot, seq, outcome, job)
+                let (outcome, job, class) =
+                    execute(&registry, &policies, &job_queue, &job_raw, ctx).await;
+                (slot, seq, outcome, job, class)
             }
             .instrument(debug_span!("job", worker = %self.slots[slot].id)),
         );
         Slot::Running(Running {
             seq,
+            started: Instant::now(),
             limit,
             queue,
             raw,
@@ -624,7 +698,12 @@ impl Runner {
 
     /// At the shutdown deadline: stop every running job and put it back at
     /// the head of its queue. Returns how many went back.
-    async fn put_back_running(&self, slots: &mut [Slot], in_flight: &mut [usize]) -> usize {
+    async fn put_back_running(
+        &self,
+        slots: &mut [Slot],
+        in_flight: &mut [usize],
+        meter: &mut JobMeter,
+    ) -> usize {
         let mut n = 0;
         for (i, slot) in slots.iter_mut().enumerate() {
             let Slot::Running(r) = slot else { continue };
@@ -632,7 +711,13 @@ impl Runner {
             if let Some(l) = r.limit {
                 in_flight[l] -= 1;
             }
+            meter
+                .series_of(&r.queue, class_of(r).as_deref())
+                .observe(JobOutcome::PutBack, r.started.elapsed());
             let worker = &self.slots[i];
+            self.vitals
+                .pulse
+                .beat(RESPONSE_TIMEOUT + self.vitals.pulse_every);
             match self
                 .store
                 .put_back(worker, &r.status, &r.queue, &r.raw)
@@ -688,8 +773,9 @@ impl Runner {
         done: std::result::Result<Finished, tokio::task::JoinError>,
         in_flight: &mut [usize],
         skipped: &mut Vec<(String, Instant)>,
+        meter: &mut JobMeter,
     ) {
-        let Ok((i, seq, outcome, job)) = done else {
+        let Ok((i, seq, outcome, job, class)) = done else {
             // Aborted tasks: their slot was already handled by whoever aborted.
             return;
         };
@@ -716,13 +802,28 @@ impl Runner {
             }
             other => other,
         };
+        let counted = match &outcome {
+            Outcome::Succeeded => JobOutcome::Succeeded,
+            Outcome::Failed(_) | Outcome::Unknown(_) => JobOutcome::Failed,
+            Outcome::PutBack(_) => JobOutcome::PutBack,
+            Outcome::Deferred { .. } => JobOutcome::Deferred,
+        };
+        meter
+            .series_of(&r.queue, class.as_deref())
+            .observe(counted, r.started.elapsed());
         let ack = self.ack_for(&self.slots[i], r, outcome, job);
         slots[i] = Slot::Acking(ack);
     }
 
     /// Abort every running job and record it as failed, as Ruby records a
     /// child killed by USR1 (`Resque::DirtyExit`).
-    fn cancel_running(&self, slots: &mut [Slot], in_flight: &mut [usize], why: &str) {
+    fn cancel_running(
+        &self,
+        slots: &mut [Slot],
+        in_flight: &mut [usize],
+        meter: &mut JobMeter,
+        why: &str,
+    ) {
         for (i, slot) in slots.iter_mut().enumerate() {
             let Slot::Running(r) = slot else { continue };
             r.abort.abort();
@@ -730,6 +831,9 @@ impl Runner {
                 in_flight[l] -= 1;
             }
             warn!(worker = %self.slots[i].id, queue = %r.queue, "job {why}");
+            meter
+                .series_of(&r.queue, class_of(r).as_deref())
+                .observe(JobOutcome::Failed, r.started.elapsed());
             let e = JobError::new("Resque::DirtyExit", format!("Job {why}"));
             *slot = Slot::Acking(self.ack_for(&self.slots[i], r, Outcome::Failed(e), None));
         }
@@ -844,6 +948,11 @@ impl Runner {
             extra: (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()),
         }
     }
+}
+
+/// The class of a job stopped before it reported one (cancelled, put back).
+fn class_of(r: &Running) -> Option<String> {
+    Job::parse(&r.queue, &r.raw).ok().map(|j| j.class)
 }
 
 fn failure_record(worker: &WorkerId, r: &Running, e: JobError) -> String {

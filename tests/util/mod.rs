@@ -272,6 +272,7 @@ impl Ns {
             policies: Default::default(),
             actionhero: None,
             faye: None,
+            metrics_listen: None,
         }
     }
 
