@@ -81,6 +81,7 @@ pub fn main(registry: Registry) -> ExitCode {
             None | Some(Command::Run) => {
                 let (controller, control) = Controller::new();
                 signals::forward(controller)?;
+                crate::cluster::follow_supervisor();
                 let options = RunOptions {
                     notifier: crate::systemd::Notifier::from_env(),
                     watchdog: crate::systemd::watchdog_from_env(),
@@ -91,6 +92,7 @@ pub fn main(registry: Registry) -> ExitCode {
                     .await
                     .map(|_| ())
             }
+            Some(Command::Cluster { processes }) => crate::cluster::run(&run_args, processes).await,
             Some(Command::Enqueue {
                 class,
                 queue_name,

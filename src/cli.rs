@@ -80,6 +80,14 @@ pub struct RunArgs {
 pub enum Command {
     /// Run the worker (the default).
     Run,
+    /// Supervise N worker processes: restart a crashed one with backoff,
+    /// roll a restart through them one by one on HUP, stop them all
+    /// gracefully on TERM (as `actionHero startCluster`).
+    Cluster {
+        /// How many worker processes.
+        #[arg(long, short = 'p', value_name = "N")]
+        processes: usize,
+    },
     /// Push one job onto a queue, as node-resque's `enqueue` writes it.
     Enqueue {
         /// The job's class.

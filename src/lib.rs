@@ -6,6 +6,7 @@
 //! - [`admin`] — the admin commands: status, failed jobs, workers.
 //! - [`actionhero`] — actionHero's shared cache, stats and chat rooms.
 //! - [`cli`] — command-line flags.
+//! - [`cluster`] — `ah-worker cluster`: a supervisor of N worker processes.
 //! - [`config`] — flags, environment and config file merged into one validated [`config::Config`].
 //! - [`connection`] — where Redis is: URL forms, TLS, following a Sentinel master.
 //! - [`resque`] — the Resque / node-resque contract: keys, payloads, Redis operations.
@@ -37,6 +38,7 @@ pub mod actionhero;
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

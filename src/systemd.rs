@@ -133,7 +133,7 @@ pub fn pulse_for(period: Option<Duration>) -> Duration {
 }
 
 /// `CLOCK_MONOTONIC` in microseconds, as `MONOTONIC_USEC=` wants it.
-fn monotonic_usec() -> u64 {
+pub fn monotonic_usec() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
         .unwrap_or(0)

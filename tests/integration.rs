@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod chaos;
 mod cli;
+mod cluster;
 mod faye;
 mod node;
 mod ops;

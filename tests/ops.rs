@@ -13,17 +13,17 @@ use crate::util::{Ns, root, signal, wait_output};
 
 /// A notify socket the tests bind, as systemd does, and every message it
 /// received.
-struct NotifySocket {
+pub(crate) struct NotifySocket {
     sock: UnixDatagram,
     /// The `NOTIFY_SOCKET` value.
-    target: String,
+    pub(crate) target: String,
     path: Option<PathBuf>,
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl NotifySocket {
     /// A socket at a path in the temp directory.
-    fn path(test: &str) -> NotifySocket {
+    pub(crate) fn path(test: &str) -> NotifySocket {
         let path = std::env::temp_dir().join(format!(
             "ah-worker-notify-{}-{test}.sock",
             std::process::id()
@@ -34,7 +34,7 @@ impl NotifySocket {
     }
 
     /// A socket with an abstract name (`@name`).
-    fn abstract_name(test: &str) -> NotifySocket {
+    pub(crate) fn abstract_name(test: &str) -> NotifySocket {
         let name = format!("ah-worker-notify-{}-{test}", std::process::id());
         let sock =
             UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
@@ -54,7 +54,7 @@ impl NotifySocket {
     }
 
     /// The next message, if one comes within 100 ms.
-    fn next(&mut self) -> Option<String> {
+    pub(crate) fn next(&mut self) -> Option<String> {
         let mut buf = [0u8; 4096];
         let n = self.sock.recv(&mut buf).ok()?;
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -64,7 +64,7 @@ impl NotifySocket {
 
     /// Wait up to `secs` for a message with a line for which `want` holds;
     /// returns that message.
-    fn wait(&mut self, secs: u64, what: &str, want: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait(&mut self, secs: u64, what: &str, want: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {
             if let Some(msg) = self.next()
@@ -80,7 +80,7 @@ impl NotifySocket {
     }
 
     /// Collect messages for `d`.
-    fn collect(&mut self, d: Duration) -> Vec<String> {
+    pub(crate) fn collect(&mut self, d: Duration) -> Vec<String> {
         let deadline = Instant::now() + d;
         let mut got = Vec::new();
         while Instant::now() < deadline {
@@ -89,11 +89,11 @@ impl NotifySocket {
         got
     }
 
-    fn seen_lines(&self) -> Vec<&str> {
+    pub(crate) fn seen_lines(&self) -> Vec<&str> {
         self.seen.iter().flat_map(|m| m.lines()).collect()
     }
 
-    fn count(&self, line: &str) -> usize {
+    pub(crate) fn count(&self, line: &str) -> usize {
         self.seen_lines().iter().filter(|l| **l == line).count()
     }
 }

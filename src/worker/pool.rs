@@ -26,9 +26,9 @@ use super::queues::QueueSpec;
 use super::recovery::Recoverer;
 use super::wake::Waiters;
 use super::{Outcome, UnknownClass, execute};
+use crate::connection::RESPONSE_TIMEOUT;
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
-use crate::connection::RESPONSE_TIMEOUT;
 use crate::resque::{
     Ack, AckKind, Failure, Job, StepReply, StepRequest, Store, TakeLimit, WorkerId, payload,
 };
