@@ -670,7 +670,7 @@ impl Runner {
         let ctx = JobContext {
             worker: self.slots[slot].id.clone(),
             run_at: run_at.to_owned(),
-            id: format!("{}-{seq}", std::process::id()),
+            id: format!("{}-{seq}", self.recoverer.me.pid),
             services: self.services.clone(),
         };
         let registry = self.registry.clone();
