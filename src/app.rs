@@ -92,7 +92,9 @@ pub fn main(registry: Registry) -> ExitCode {
                     .await
                     .map(|_| ())
             }
-            Some(Command::Cluster { processes }) => crate::cluster::run(&run_args, processes).await,
+            Some(Command::Cluster { processes }) => {
+                crate::cluster::run(&run_args, processes, &registry).await
+            }
             Some(Command::Enqueue {
                 class,
                 queue_name,

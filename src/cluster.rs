@@ -12,9 +12,10 @@
 //!
 //! | signal | effect |
 //! | --- | --- |
-//! | TERM, INT | STOP every child (TERM: graceful, jobs that outlive the shutdown timeout go back to their queues), wait for them, exit 0 |
-//! | QUIT, USR1, USR2, CONT | passed on to every child |
-//! | HUP | check the configuration; if valid, roll a restart through the children one at a time: start a new one, wait for its `READY=1`, then stop the old one gracefully |
+//! | TERM, INT | TERM to every child (graceful: jobs that outlive the shutdown timeout go back to their queues), wait for them, exit 0 |
+//! | QUIT | QUIT to every child (they finish their jobs however long), wait for them, exit 0 |
+//! | USR1, USR2, CONT | passed on to every child |
+//! | HUP | check the configuration; if valid, roll a restart through the children one at a time: start a new one, wait for its `READY=1`, then QUIT the old one (it finishes its jobs) and wait for it |
 //!
 //! Children run in process groups of their own, so a terminal's Ctrl-C
 //! reaches only the supervisor (which passes one TERM on). Under systemd use
@@ -39,7 +40,8 @@ use tokio::time::Instant;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::cli::RunArgs;
-use crate::systemd::Notifier;
+use crate::handler::Registry;
+use crate::systemd::{self, Notice, Notifier};
 
 /// Longest wait for a new child's `READY=1` during a rolling restart; a
 /// child that takes longer is stopped and the roll abandoned.
@@ -93,7 +95,10 @@ struct Proc {
     last_watchdog: Instant,
     /// Being replaced: stopped once its successor is ready.
     retiring: bool,
-    /// Sent TERM (or KILL for a silent watchdog).
+    /// Started by a rolling restart and not ready yet: if it exits, the roll
+    /// stops and the old child carries on (no restart of its own).
+    successor: bool,
+    /// Sent TERM or QUIT to stop it (its exit is no crash).
     stopped: bool,
 }
 
@@ -113,16 +118,19 @@ struct Roll {
 
 /// Run the supervisor until a stop; `args` are the worker's own flags, to
 /// check the configuration again on HUP.
-pub async fn run(args: &RunArgs, processes: usize) -> anyhow::Result<()> {
+pub async fn run(args: &RunArgs, processes: usize, natives: &Registry) -> anyhow::Result<()> {
     let span = info_span!("cluster", processes);
-    Supervisor::new(args.clone(), processes)?
+    Supervisor::new(args.clone(), processes, natives)?
         .serve()
         .instrument(span)
         .await
 }
 
-struct Supervisor {
+struct Supervisor<'a> {
     args: RunArgs,
+    /// The handlers built in, for the class-claim check of a new
+    /// configuration.
+    natives: &'a Registry,
     processes: usize,
     /// The child's program and arguments.
     program: PathBuf,
@@ -137,17 +145,20 @@ struct Supervisor {
     restarts: u64,
 }
 
-impl Supervisor {
-    fn new(args: RunArgs, processes: usize) -> anyhow::Result<Supervisor> {
+impl<'a> Supervisor<'a> {
+    fn new(
+        args: RunArgs,
+        processes: usize,
+        natives: &'a Registry,
+    ) -> anyhow::Result<Supervisor<'a>> {
         anyhow::ensure!(processes >= 1, "--processes must be at least 1");
         let program = std::env::current_exe()?;
         let child_args = child_args(std::env::args_os().skip(1).collect());
-        let socket_dir =
-            std::env::temp_dir().join(format!("ah-worker-cluster-{}", std::process::id()));
-        std::fs::create_dir_all(&socket_dir)?;
+        let socket_dir = private_dir()?;
         let (events_tx, events) = mpsc::unbounded_channel();
         Ok(Supervisor {
             args,
+            natives,
             processes,
             program,
             child_args,
@@ -194,7 +205,7 @@ impl Supervisor {
         loop {
             if stopping && self.procs.is_empty() {
                 info!("every child stopped");
-                self.notify("STATUS=stopped");
+                self.notify(&systemd::status("stopped"));
                 let _ = std::fs::remove_dir_all(&self.socket_dir);
                 return Ok(());
             }
@@ -204,7 +215,7 @@ impl Supervisor {
                 let ready = self.ready_slots();
                 if !announced_ready && roll.is_none() && ready == self.processes {
                     info!(processes = ready, "every child is ready");
-                    self.notify("READY=1");
+                    self.notify(systemd::READY);
                     announced_ready = true;
                 }
             }
@@ -227,11 +238,14 @@ impl Supervisor {
                         warn!("HUP during a rolling restart: ignored");
                         continue;
                     }
-                    match crate::config::Config::load(&self.args) {
+                    let checked = crate::config::Config::load(&self.args)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|c| Ok(crate::plugin::check_claims(&c.plugins, self.natives)?));
+                    match checked {
                         Err(e) => error!(error = %e, "HUP: the new configuration is invalid; the children keep running"),
                         Ok(_) => {
                             info!("HUP: rolling restart");
-                            self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::systemd::monotonic_usec()));
+                            self.notify(&systemd::reloading());
                             announced_ready = false;
                             roll = Some(Roll { todo: (0..self.processes).collect(), current: None });
                         }
@@ -239,13 +253,13 @@ impl Supervisor {
                 }
                 _ = tick.tick() => {
                     if watchdog.is_some() {
-                        self.notify("WATCHDOG=1");
+                        self.notify(systemd::WATCHDOG);
                     }
                     self.check_watchdogs();
-                    self.notify(&format!(
-                        "STATUS={}/{} processes ready, {} restarts",
+                    self.notify(&systemd::status(&format!(
+                        "{}/{} processes ready, {} restarts",
                         self.ready_slots(), self.processes, self.restarts
-                    ));
+                    )));
                 }
             }
         }
@@ -289,6 +303,7 @@ impl Supervisor {
             ready: false,
             last_watchdog: now,
             retiring: false,
+            successor: false,
             stopped: false,
         });
         tokio::spawn(
@@ -316,7 +331,7 @@ impl Supervisor {
     fn stop(&mut self, sig: Signal, stopping: &mut bool, roll: &mut Option<Roll>) {
         if !*stopping {
             info!(signal = ?sig, "stopping every child");
-            self.notify("STOPPING=1");
+            self.notify(systemd::STOPPING);
         }
         *stopping = true;
         *roll = None;
@@ -331,6 +346,7 @@ impl Supervisor {
             Event::Ready(id) => {
                 if let Some(p) = self.procs.iter_mut().find(|p| p.id == id) {
                     p.ready = true;
+                    p.successor = false;
                     p.last_watchdog = Instant::now();
                     info!(slot = p.slot, pid = p.pid, "child ready");
                 }
@@ -350,7 +366,7 @@ impl Supervisor {
                     return;
                 };
                 let p = self.procs.remove(i);
-                if p.stopped || p.retiring || stopping {
+                if p.stopped || p.retiring || p.successor || stopping {
                     info!(slot = p.slot, pid = p.pid, status = ?status, "child stopped");
                     return;
                 }
@@ -368,11 +384,14 @@ impl Supervisor {
         }
     }
 
-    /// Start the children whose backoff is over.
+    /// Start the children whose backoff is over (in slots without one).
     fn restart_due(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         for slot in 0..self.processes {
-            if self.slots[slot].restart_at.is_some_and(|at| at <= now) {
+            let occupied = self.procs.iter().any(|p| p.slot == slot && !p.stopped);
+            if occupied {
+                self.slots[slot].restart_at = None;
+            } else if self.slots[slot].restart_at.is_some_and(|at| at <= now) {
                 self.slots[slot].restart_at = None;
                 self.restarts += 1;
                 self.spawn(slot)?;
@@ -439,8 +458,13 @@ impl Supervisor {
                         })
                         .collect();
                     for pid in old {
-                        info!(slot, pid, "rolling restart: stopping the old child");
-                        self.signal(pid, Signal::SIGTERM);
+                        // QUIT: it finishes its running jobs however long
+                        // they take, as a reload does, so none restarts.
+                        info!(
+                            slot,
+                            pid, "rolling restart: stopping the old child after its jobs"
+                        );
+                        self.signal(pid, Signal::SIGQUIT);
                     }
                     r.current = None;
                 }
@@ -453,6 +477,11 @@ impl Supervisor {
         match r.todo.pop_front() {
             Some(slot) => {
                 let id = self.spawn(slot)?;
+                if let Some(p) = self.procs.iter_mut().find(|p| p.id == id) {
+                    p.successor = true;
+                }
+                // A pending restart of this slot is this start.
+                self.slots[slot].restart_at = None;
                 r.current = Some((id, Instant::now()));
             }
             None => {
@@ -462,6 +491,30 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+}
+
+/// A new directory only this user can enter, for the children's sockets
+/// (`$RUNTIME_DIRECTORY` under systemd, else the temp directory).
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let mut attempt = 0u32;
+    loop {
+        let dir = base.join(format!(
+            "ah-worker-cluster-{}-{attempt}",
+            std::process::id()
+        ));
+        // `create` fails if it exists: never a directory someone else made.
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -484,14 +537,12 @@ async fn watch(
                 break;
             }
             Ok(n) = socket.recv(&mut buf) => {
-                for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                    let event = match line.split_once('=') {
-                        Some(("READY", "1")) => Event::Ready(id),
-                        Some(("WATCHDOG", "1")) => Event::Watchdog(id),
-                        Some(("STATUS", s)) => Event::Status(id, s.to_owned()),
-                        _ => continue,
-                    };
-                    let _ = events.send(event);
+                for notice in systemd::notices(&String::from_utf8_lossy(&buf[..n])) {
+                    let _ = events.send(match notice {
+                        Notice::Ready => Event::Ready(id),
+                        Notice::Watchdog => Event::Watchdog(id),
+                        Notice::Status(s) => Event::Status(id, s.to_owned()),
+                    });
                 }
             }
         }

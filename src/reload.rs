@@ -201,7 +201,21 @@ pub fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str
         }
     }
     let mut kept = Vec::new();
-    keep("redis", &mut new.redis_url, &running.redis_url, &mut kept);
+    // The Redis: its URL, what was built from it, its TLS files, and Faye's
+    // Redis where it defaults to the worker's.
+    if new.redis_url != running.redis_url || new.redis_tls != running.redis_tls {
+        if let Some(faye) = &mut new.faye
+            && let crate::faye::Transport::Redis { url, tls, .. } = &mut faye.transport
+            && *url == new.redis_url
+        {
+            *url = running.redis_url.clone();
+            *tls = running.redis_tls.clone();
+        }
+        new.redis_url = running.redis_url.clone();
+        new.redis = running.redis.clone();
+        new.redis_tls = running.redis_tls.clone();
+        kept.push("redis");
+    }
     keep(
         "namespace",
         &mut new.namespace,
@@ -258,5 +272,22 @@ mod tests {
         assert_eq!((new.namespace.as_str(), new.threads), ("resque", 1));
         assert_eq!(new.concurrency, 3, "reloadable settings change");
         assert!(RESTART_ONLY.contains(&"namespace"));
+    }
+
+    #[test]
+    fn a_new_redis_url_or_tls_file_is_kept_for_a_restart() {
+        let running = Config::resolve(&RunArgs::default(), &|_| None).unwrap();
+        let env = |k: &str| match k {
+            "REDIS_URL" => Some("rediss://other:6380/1".to_owned()),
+            "AH_WORKER_REDIS_TLS_CA" => Some("/nonexistent-but-not-read.pem".to_owned()),
+            _ => None,
+        };
+        // The CA file is read when the URL is parsed: use a URL-only change.
+        let env_url = |k: &str| (k == "REDIS_URL").then(|| "redis://other:6380/1".to_owned());
+        assert!(Config::resolve(&RunArgs::default(), &env).is_err());
+        let mut new = Config::resolve(&RunArgs::default(), &env_url).unwrap();
+        assert_eq!(keep_restart_only(&mut new, &running), ["redis"]);
+        assert_eq!(new.redis_url, running.redis_url);
+        assert_eq!(new.redis_tls, running.redis_tls);
     }
 }

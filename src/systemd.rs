@@ -48,6 +48,47 @@ pub const EXTEND_WINDOW: Duration = Duration::from_secs(30);
 /// are started without them, so they cannot speak for the worker.
 pub const MAIN_PROCESS_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
+/// `READY=1`: started (or reloaded) and serving.
+pub const READY: &str = "READY=1";
+/// `STOPPING=1`: a stop began.
+pub const STOPPING: &str = "STOPPING=1";
+/// `WATCHDOG=1`: still alive.
+pub const WATCHDOG: &str = "WATCHDOG=1";
+
+/// `RELOADING=1` with the `MONOTONIC_USEC=` systemd wants with it.
+pub fn reloading() -> String {
+    format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec())
+}
+
+/// `STATUS=` with a free-form line.
+pub fn status(line: &str) -> String {
+    format!("STATUS={line}")
+}
+
+/// One line of a notify datagram that a supervisor reads (see
+/// [`crate::cluster`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notice<'a> {
+    /// `READY=1`.
+    Ready,
+    /// `WATCHDOG=1`.
+    Watchdog,
+    /// `STATUS=…`.
+    Status(&'a str),
+}
+
+/// The lines of `datagram` a supervisor reads; others are skipped.
+pub fn notices(datagram: &str) -> impl Iterator<Item = Notice<'_>> {
+    datagram
+        .lines()
+        .filter_map(|line| match line.split_once('=') {
+            Some(("READY", "1")) => Some(Notice::Ready),
+            Some(("WATCHDOG", "1")) => Some(Notice::Watchdog),
+            Some(("STATUS", s)) => Some(Notice::Status(s)),
+            _ => None,
+        })
+}
+
 /// A connected notify socket.
 #[derive(Debug)]
 pub struct Notifier {
@@ -133,7 +174,7 @@ pub fn pulse_for(period: Option<Duration>) -> Duration {
 }
 
 /// `CLOCK_MONOTONIC` in microseconds, as `MONOTONIC_USEC=` wants it.
-pub fn monotonic_usec() -> u64 {
+fn monotonic_usec() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
         .unwrap_or(0)
@@ -182,7 +223,7 @@ pub fn spawn(
                 }
             }
             if speaker.told != Phase::Stopping {
-                speaker.notifier.notify("STOPPING=1");
+                speaker.notifier.notify(STOPPING);
             }
         }
         .instrument(span),
@@ -215,13 +256,11 @@ impl Speaker {
             Phase::Running => {
                 self.status = self.vitals.snapshot().status_line();
                 self.notifier
-                    .notify(&format!("READY=1\nSTATUS={}", self.status));
+                    .notify(&format!("{READY}\n{}", status(&self.status)));
                 self.extended_at = None;
             }
-            Phase::Reloading => self
-                .notifier
-                .notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec())),
-            Phase::Stopping => self.notifier.notify("STOPPING=1"),
+            Phase::Reloading => self.notifier.notify(&reloading()),
+            Phase::Stopping => self.notifier.notify(STOPPING),
         }
         self.told = phase;
         self.extend_drain();
@@ -238,7 +277,7 @@ impl Speaker {
                 .is_none_or(|at| at.elapsed() + self.every >= period / 2);
             if alive {
                 if due {
-                    self.notifier.notify("WATCHDOG=1");
+                    self.notifier.notify(WATCHDOG);
                     self.pinged = Some(std::time::Instant::now());
                 }
                 self.withheld = false;
@@ -249,7 +288,7 @@ impl Speaker {
         }
         let status = self.vitals.snapshot().status_line();
         if status != self.status {
-            self.notifier.notify(&format!("STATUS={status}"));
+            self.notifier.notify(&self::status(&status));
             self.status = status;
         }
         self.extend_drain();

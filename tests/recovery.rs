@@ -410,3 +410,55 @@ async fn node_resques_stuck_worker_cleanup_leaves_a_live_ah_worker_alone() {
     let _ = tokio::task::spawn_blocking(move || wait_output(node, 20)).await;
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_key_still_holding_a_value_is_resumed_or_failed_never_overwritten() {
+    // What a lost ack leaves (a failover, a restore from an older dump):
+    // the status key of a slot the worker takes for free still holds a job.
+    let mut t = Ns::new("occupied");
+    let mut config = t.config(&["q"], 1);
+    config.host_name = Some("web-2-ah".into());
+    let w = InProcess::builtin(config);
+    let id = format!("web-2-ah:{}+1:q", std::process::id());
+    wait_for_async(10, "registration", || {
+        t.conn.sismember(t.key("workers"), &id).unwrap()
+    })
+    .await;
+    let lost = r#"{"class":"AhWorker::Count","args":["counts","lost"]}"#;
+    let status = format!(
+        r#"{{"queue":"q","run_at":"2026-11-30T08:00:00.000Z","payload":{lost},"worker":"{id}"}}"#
+    );
+    let _: () = t.conn.set(t.key(&format!("worker:{id}")), &status).unwrap();
+    t.push(
+        "q",
+        br#"{"class":"AhWorker::Count","args":["counts","new"]}"#,
+    );
+    wait_for_async(10, "both jobs performed", || {
+        let done: std::collections::HashMap<String, i64> = t.conn.hgetall(t.key("counts")).unwrap();
+        done.get("lost") == Some(&1) && done.get("new") == Some(&1)
+    })
+    .await;
+    assert_eq!(t.int("stat:processed"), 2);
+
+    // A value of no known shape is not overwritten either: it goes to
+    // `failed` with its bytes, and the slot takes jobs again.
+    let _: () = t
+        .conn
+        .set(t.key(&format!("worker:{id}")), "not a status {")
+        .unwrap();
+    t.push(
+        "q",
+        br#"{"class":"AhWorker::Count","args":["counts","after"]}"#,
+    );
+    wait_for_async(10, "the next job performed", || {
+        let done: std::collections::HashMap<String, i64> = t.conn.hgetall(t.key("counts")).unwrap();
+        done.get("after") == Some(&1)
+    })
+    .await;
+    let failures = t.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["exception"], "AhWorker::CorruptStatus");
+    assert_eq!(failures[0]["payload"], "not a status {");
+    assert_eq!(failures[0]["worker"], id.as_str());
+    w.stop().await;
+}

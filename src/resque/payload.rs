@@ -287,9 +287,15 @@ pub fn split_status(value: &[u8]) -> Option<(String, Vec<u8>)> {
     let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<String>();
     let queue = stream.next()?.ok()?;
     let rest = &rest[stream.byte_offset()..];
-    // `,"run_at":"YYYY-MM-DDTHH:MM:SSZ","payload":`
+    // `,"run_at":"YYYY-MM-DDTHH:MM:SSZ","payload":` (or with milliseconds,
+    // as node-resque writes it)
     let rest = rest.strip_prefix(br#","run_at":""#)?;
-    let rest = rest.get(20..)?.strip_prefix(br#"","payload":"#)?;
+    let marker = br#"","payload":"#;
+    let end = rest
+        .get(..40.min(rest.len()))?
+        .windows(marker.len())
+        .position(|w| w == marker)?;
+    let rest = &rest[end + marker.len()..];
     let at = rest
         .windows(br#","worker":"#.len())
         .rposition(|w| w == br#","worker":"#)?;

@@ -119,6 +119,9 @@ pub struct StepReply {
     pub applied: Vec<bool>,
     /// The jobs taken.
     pub taken: Vec<Taken>,
+    /// Free slots whose status key still held a value (an ack Redis lost),
+    /// so nothing was taken into them: the worker resumes what they hold.
+    pub occupied: usize,
 }
 
 /// The Resque store of one namespace.
@@ -303,7 +306,7 @@ impl Store {
         }
         inv.arg(process);
         let mut conn = self.conn.clone();
-        let (paused, applied, flat): (i64, Vec<i64>, Vec<Value>) =
+        let (paused, applied, flat, occupied): (i64, Vec<i64>, Vec<Value>, usize) =
             inv.invoke_async(&mut conn).await?;
 
         let mut taken = Vec::with_capacity(flat.len() / 5);
@@ -343,6 +346,7 @@ impl Store {
             unregistered: paused == 2,
             applied: applied.into_iter().map(|a| a == 1).collect(),
             taken,
+            occupied,
         })
     }
 

@@ -35,6 +35,9 @@ use crate::resque::{
 use crate::shutdown::{Control, StopReason, StopReport};
 use crate::vitals::{JobMeter, JobOutcome, Phase, Vitals};
 
+/// Job ids (`<pid>-<n>`) unique in the process, across reloads.
+static JOB_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Longest delay of the batched per-worker success counters
 /// (`stat:processed:<worker>`), as Sidekiq and actionHero batch theirs.
 const COUNT_LAG: Duration = Duration::from_secs(1);
@@ -356,8 +359,24 @@ impl Runner {
                         for &i in &plan.take {
                             slots[i] = Slot::Free;
                         }
+                        if reply.occupied > 0 {
+                            warn!(
+                                slots = reply.occupied,
+                                "status keys of free slots still hold jobs (acks Redis lost?); resuming them"
+                            );
+                            reconcile = true;
+                        }
                         let run_at = payload::run_at(plan.now);
-                        let found_all = reply.taken.len() == plan.take.len();
+                        // Slots the script would not take into (fenced or
+                        // occupied) do not mean the queues ran dry.
+                        let fenced = plan
+                            .acks
+                            .iter()
+                            .zip(&reply.applied)
+                            .filter(|((i, _), applied)| !**applied && plan.take.contains(i))
+                            .count();
+                        let found_all =
+                            reply.taken.len() + fenced + reply.occupied >= plan.take.len();
                         for t in reply.taken {
                             let slot = plan.take[t.slot];
                             seq += 1;
@@ -443,7 +462,12 @@ impl Runner {
                                     );
                                 }
                                 None => {
-                                    error!(worker = %self.slots[slot].id, "status key holds a value of unknown shape; leaving it for recovery")
+                                    // Taking into it would overwrite it, and
+                                    // leaving it would make every take skip
+                                    // the slot: record it, bytes and all.
+                                    error!(worker = %self.slots[slot].id, "status key holds a value of unknown shape; recording it as a failure");
+                                    slots[slot] =
+                                        Slot::Acking(corrupt_status(&self.slots[slot], status));
                                 }
                             }
                         }
@@ -670,7 +694,11 @@ impl Runner {
         let ctx = JobContext {
             worker: self.slots[slot].id.clone(),
             run_at: run_at.to_owned(),
-            id: format!("{}-{seq}", self.recoverer.me.pid),
+            id: format!(
+                "{}-{}",
+                self.recoverer.me.pid,
+                JOB_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             services: self.services.clone(),
         };
         let registry = self.registry.clone();
@@ -953,6 +981,27 @@ impl Runner {
 /// The class of a job stopped before it reported one (cancelled, put back).
 fn class_of(r: &Running) -> Option<String> {
     Job::parse(&r.queue, &r.raw).ok().map(|j| j.class)
+}
+
+/// The ack that moves a status value of unknown shape to `failed`.
+fn corrupt_status(worker: &WorkerId, status: Vec<u8>) -> Ack {
+    let record = Failure {
+        failed_at: payload::failed_at(Utc::now()),
+        payload: payload::payload_for_record(&status),
+        exception: "AhWorker::CorruptStatus".into(),
+        error: "this worker's status key held a value of unknown shape (its bytes are the payload)"
+            .into(),
+        backtrace: Vec::new(),
+        worker: worker.id.clone(),
+        queue: String::new(),
+    }
+    .to_json();
+    Ack {
+        worker: worker.clone(),
+        expected: status,
+        kind: AckKind::Failed(record),
+        extra: None,
+    }
 }
 
 fn failure_record(worker: &WorkerId, r: &Running, e: JobError) -> String {

@@ -80,7 +80,9 @@ impl Drop for RedisGuard {
 pub fn start_redis(port: u16, extra: &[&str]) -> RedisGuard {
     start_server(
         &format!(
-            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {}",
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no \
+             --dir {} --dbfilename ah-worker-test-{port}.rdb {}",
+            std::env::temp_dir().display(),
             extra.join(" ")
         ),
         port,

@@ -22,7 +22,8 @@
 --       n_limits, {remaining, n_patterns, pattern...} * n_limits, process
 -- Returns: {paused (1: pause-all-workers, 2: this process is not registered),
 --           {applied 1|0 per ack},
---           {slot, queue_index, job, status or "", class or ""} ...}
+--           {slot, queue_index, job, status or "", class or ""} ...,
+--           occupied: slots not taken into because their status key holds a value}
 local SCAN_DEPTH = 100
 local prefix = ARGV[1]
 local i = 2
@@ -200,9 +201,16 @@ if n_takes > 0 then
 end
 local q = 1
 local heads = {}
+local occupied = 0
 for s = 1, n_takes do
   local id = ARGV[slots_at + 2 * (s - 1)]
   local tail = ARGV[slots_at + 2 * (s - 1) + 1]
+  -- A status key the worker thinks free may still hold a job: an ack Redis
+  -- lost (a failover, a restore). Never overwrite it; the worker resumes it.
+  if not fenced[id] and redis.call('EXISTS', prefix .. 'worker:' .. id) == 1 then
+    fenced[id] = true
+    occupied = occupied + 1
+  end
   if not fenced[id] then
     local job, well_formed, class
     while q <= n_queues and not job do
@@ -251,4 +259,4 @@ for s = 1, n_takes do
     if type(class) == 'string' then taken[#taken + 1] = class else taken[#taken + 1] = '' end
   end
 end
-return {paused, applied, taken}
+return {paused, applied, taken, occupied}
