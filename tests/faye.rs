@@ -44,7 +44,13 @@ impl FayeServer {
     /// A faye-redis server on `redis` under `ns` with `timeout` seconds and a
     /// GC sweep every `gc` seconds.
     fn redis(redis: &str, ns: &str, timeout: f64, gc: u32) -> FayeServer {
+        FayeServer::redis_on(free_port(), redis, ns, timeout, gc)
+    }
+
+    /// [`FayeServer::redis`] on a given port.
+    fn redis_on(port: u16, redis: &str, ns: &str, timeout: f64, gc: u32) -> FayeServer {
         FayeServer::start(
+            port,
             redis,
             vec![
                 ns.into(),
@@ -58,13 +64,13 @@ impl FayeServer {
     /// A memory-engine server: it forgets every client when it restarts.
     fn memory(timeout: f64) -> FayeServer {
         FayeServer::start(
+            free_port(),
             "redis://127.0.0.1:1/0",
             vec!["-".into(), timeout.to_string(), "memory".into()],
         )
     }
 
-    fn start(redis: &str, args: Vec<String>) -> FayeServer {
-        let port = free_port();
+    fn start(port: u16, redis: &str, args: Vec<String>) -> FayeServer {
         FayeServer {
             child: FayeServer::spawn(port, &args, redis, None),
             port,
@@ -227,6 +233,18 @@ fn redis_settings(url: &str, ns: &str, timeout: Duration) -> Settings {
     };
     s.timeout = timeout;
     s
+}
+
+/// A `[faye]` section's body, as the config file gives it, over the
+/// worker's Redis at `redis_url`.
+fn faye_section(body: &str, redis_url: &str) -> Settings {
+    Settings::from_toml(
+        toml::from_str(body).unwrap(),
+        redis_url,
+        &Default::default(),
+        "rust-test",
+    )
+    .unwrap()
 }
 
 fn http_settings(server: &FayeServer, timeout: Duration) -> Settings {
@@ -585,8 +603,8 @@ async fn bridge_rules_turn_node_publishes_into_jobs() {
     let mut t = Ns::new("fayebridge");
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
-    let settings = Settings::from_toml(
-        toml::from_str(&format!(
+    let settings = faye_section(
+        &format!(
             r#"
 namespace = "{ns}"
 timeout = 2
@@ -600,13 +618,9 @@ class = "AhWorker::Fail"
 queue = "faye"
 args = "message"
 "#
-        ))
-        .unwrap(),
+        ),
         &t.url,
-        &Default::default(),
-        "rust-test",
-    )
-    .unwrap();
+    );
     let mut config = t.config(&["faye"], 2);
     config.faye = Some(settings);
     let worker = InProcess::builtin(config);
@@ -647,8 +661,8 @@ async fn job_events_reach_a_node_subscriber() {
     let mut t = Ns::new("fayeevents");
     let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60);
     let node = NodeSubscriber::start(&server, &["/ahw/**"]).await;
-    let settings = Settings::from_toml(
-        toml::from_str(&format!(
+    let settings = faye_section(
+        &format!(
             r#"
 transport = "http"
 url = "{}"
@@ -658,13 +672,9 @@ channel = "/ahw/events"
 classes = ["AhWorker::*"]
 "#,
             server.url()
-        ))
-        .unwrap(),
+        ),
         &t.url,
-        &Default::default(),
-        "rust-test",
-    )
-    .unwrap();
+    );
     t.push("ev", br#"{"class":"AhWorker::Noop","args":[]}"#);
     t.push(
         "ev",
@@ -844,4 +854,103 @@ command = ["python3", "examples/plugins/python/coprocess.py"]
         error.contains("faye.publish failed: invalid channel"),
         "{error}"
     );
+}
+
+/// A worker whose Faye is not up when it starts (its own Redis for the
+/// redis transport, the Faye server for http) keeps running jobs, and once
+/// Faye answers, its bridge rule subscribes and job events flow.
+async fn faye_comes_up_after_the_worker(transport: &str) {
+    let mut t = Ns::new(&format!("fayelate{transport}"));
+    let ns = faye_ns(&t);
+    // The redis transport's Redis, or the Faye server's port: nothing
+    // listens there yet.
+    let port = free_port();
+    let faye_redis = format!("redis://127.0.0.1:{port}/0");
+    let where_ = match transport {
+        "redis" => format!("redis = \"{faye_redis}\"\nnamespace = \"{ns}\""),
+        _ => format!("url = \"http://127.0.0.1:{port}/faye\""),
+    };
+    let settings = faye_section(
+        &format!(
+            r#"
+transport = "{transport}"
+{where_}
+timeout = 2
+[events]
+channel = "/late-events/jobs"
+[[subscribe]]
+channel = "/late/*"
+class = "AhWorker::Count"
+queue = "late"
+"#
+        ),
+        &t.url,
+    );
+    t.push(
+        "late",
+        br#"{"class":"AhWorker::Count","args":["fayelate","before"]}"#,
+    );
+    let mut config = t.config(&["late"], 1);
+    config.interval = Duration::from_millis(100);
+    config.faye = Some(settings);
+    let worker = InProcess::builtin(config);
+    let counted =
+        |t: &mut Ns, field: &str| -> Option<i64> { t.conn.hget(t.key("fayelate"), field).unwrap() };
+    wait_for_async(10, "a job to run while faye is down", || {
+        counted(&mut t, "before") == Some(1)
+    })
+    .await;
+    // Long enough for a few failed attempts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!worker.task.is_finished(), "the worker keeps running");
+
+    // Faye comes up: for the redis transport its Redis and a Faye server on
+    // it; for http the Faye server on the configured port (on the tests'
+    // Redis).
+    let (_redis_guard, server, faye_redis) = match transport {
+        "redis" => {
+            let guard = start_redis(port, &[]);
+            let server = FayeServer::redis(&faye_redis, &ns, 2.0, 60);
+            (Some(guard), server, faye_redis)
+        }
+        _ => (
+            None,
+            FayeServer::redis_on(port, &t.url, &ns, 2.0, 60),
+            t.url.clone(),
+        ),
+    };
+    let mut faye_conn = redis::Client::open(faye_redis)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let came_up = Instant::now();
+    wait_for_async(20, "the bridge to subscribe once faye answers", || {
+        let members: Vec<String> = faye_conn.smembers(format!("{ns}/channels/late/*")).unwrap();
+        !members.is_empty()
+    })
+    .await;
+    eprintln!(
+        "faye over {transport} came up; the bridge subscribed {:?} later",
+        came_up.elapsed()
+    );
+    let events = NodeSubscriber::start(&server, &["/late-events/*"]).await;
+    node_publish(&server, "/late/x", json!(["fayelate", "after"])).await;
+    wait_for_async(10, "the bridged job to run", || {
+        counted(&mut t, "after") == Some(1)
+    })
+    .await;
+    let got = events.wait(2, "the bridged job's events").await;
+    assert_eq!(got[0]["data"]["event"], json!("started"));
+    assert_eq!(got[1]["data"]["event"], json!("succeeded"));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_starts_while_faye_redis_is_down_and_bridges_once_it_answers() {
+    faye_comes_up_after_the_worker("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_starts_while_the_faye_server_is_down_and_bridges_once_it_answers() {
+    faye_comes_up_after_the_worker("http").await;
 }
