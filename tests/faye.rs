@@ -3,7 +3,9 @@
 //! faye.Client subscribers and publishers): both transports, both
 //! directions, wildcards, liveness past the server timeout, restarts of the
 //! Faye server and of Redis, the bridge to jobs, job events, order, the CLI
-//! and the plugin call. Issue 8.
+//! (publish, say, subscribe), the plugin calls (faye.publish, faye.say), a
+//! worker started while Faye is down, and a subscription the server
+//! refuses. Issue 8.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +17,9 @@ use ah_worker::faye::{Faye, Settings, Subscription, Transport};
 use redis::Commands;
 use serde_json::{Value, json};
 
-use crate::util::{InProcess, Ns, free_port, root, start_redis, wait_for_async};
+use crate::util::{
+    InProcess, Ns, free_port, root, signal, start_redis, wait_for_async, wait_output,
+};
 
 /// The Node peer script.
 fn peer() -> Command {
@@ -38,6 +42,8 @@ struct FayeServer {
     redis: String,
     /// The `ext.token` it requires of every message (`FAYE_TOKEN`).
     token: Option<String>,
+    /// Its environment besides `REDIS_URL` (`FAYE_TOKEN`, ...).
+    env: Vec<(&'static str, String)>,
 }
 
 impl FayeServer {
@@ -72,17 +78,29 @@ impl FayeServer {
 
     fn start(port: u16, redis: &str, args: Vec<String>) -> FayeServer {
         FayeServer {
-            child: FayeServer::spawn(port, &args, redis, None),
+            child: FayeServer::spawn(port, &args, redis, &[]),
             port,
             args,
             redis: redis.to_owned(),
             token: None,
+            env: Vec::new(),
         }
     }
 
     /// The same server, refusing every message without `ext.token`.
     fn requiring_token(mut self, token: &str) -> FayeServer {
         self.token = Some(token.to_owned());
+        self.env.push(("FAYE_TOKEN", token.to_owned()));
+        self.restart();
+        self
+    }
+
+    /// The same server, refusing every subscription to a pattern as
+    /// actionHero's extension did, and logging each `/meta/subscribe` to
+    /// `log` as a JSON line.
+    fn refusing_wildcards(mut self, log: &std::path::Path) -> FayeServer {
+        self.env.push(("FAYE_NO_WILDCARDS", "1".into()));
+        self.env.push(("FAYE_LOG", log.display().to_string()));
         self.restart();
         self
     }
@@ -98,11 +116,9 @@ impl FayeServer {
     }
 
     /// Start the process and wait for its `{"listening":port}` line.
-    fn spawn(port: u16, args: &[String], redis: &str, token: Option<&str>) -> Child {
+    fn spawn(port: u16, args: &[String], redis: &str, env: &[(&str, String)]) -> Child {
         let mut cmd = peer();
-        if let Some(token) = token {
-            cmd.env("FAYE_TOKEN", token);
-        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .arg("server")
             .arg(port.to_string())
@@ -136,7 +152,7 @@ impl FayeServer {
     /// Kill it and start it again on the same port.
     fn restart(&mut self) {
         self.stop();
-        self.child = FayeServer::spawn(self.port, &self.args, &self.redis, self.token.as_deref());
+        self.child = FayeServer::spawn(self.port, &self.args, &self.redis, &self.env);
     }
 }
 
@@ -144,6 +160,23 @@ impl Drop for FayeServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The JSON lines `who` prints on `out`, collected by a thread as they come.
+fn json_lines(
+    out: impl std::io::Read + Send + 'static,
+    who: &'static str,
+) -> Arc<Mutex<Vec<Value>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{who} printed {line:?}: {e}"));
+            sink.lock().unwrap().push(v);
+        }
+    });
+    lines
 }
 
 /// A Node `faye.Client` subscribed to some channels, printing what it gets.
@@ -162,16 +195,7 @@ impl NodeSubscriber {
             .stdout(Stdio::piped())
             .spawn()
             .expect("node must be installed");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("faye-peer printed {line:?}: {e}"));
-                sink.lock().unwrap().push(v);
-            }
-        });
+        let lines = json_lines(child.stdout.take().unwrap(), "faye-peer");
         let s = NodeSubscriber { child, lines };
         wait_for_async(10, "the node subscriber to be subscribed", || {
             s.lines.lock().unwrap().first() == Some(&json!({"ready": true}))
@@ -820,19 +844,26 @@ async fn say_and_publish_from_the_cli_reach_node_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_coprocess_plugin_publishes_through_the_worker() {
+async fn a_coprocess_plugin_publishes_and_says_through_the_worker() {
     let mut t = Ns::new("fayeplugin");
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
-    let node = NodeSubscriber::start(&server, &["/plug/*"]).await;
+    let node = NodeSubscriber::start(&server, &["/plug/*", "/actionhero/chat/chat"]).await;
     t.push(
         "q",
         br#"{"class":"Py::Publish","args":["/plug/x",{"from":"python"}]}"#,
     );
     t.push("q", br#"{"class":"Py::Publish","args":["/plug.bad",1]}"#);
+    t.push(
+        "q",
+        br#"{"class":"Py::Say","args":["lobby","hello from python"]}"#,
+    );
     let mut config = t.config(&["q"], 1);
     config.interval = Duration::ZERO;
-    config.faye = Some(redis_settings(&t.url, &ns, Duration::from_secs(2)));
+    let mut settings = redis_settings(&t.url, &ns, Duration::from_secs(2));
+    settings.chat.server_token = Some("tok3n".into());
+    settings.chat.server_id = "worker-py".into();
+    config.faye = Some(settings);
     config.plugins = vec![crate::util::plugin(
         r#"
 name = "python-example"
@@ -841,12 +872,32 @@ classes = ["Py::*"]
 command = ["python3", "examples/plugins/python/coprocess.py"]
 "#,
     )];
+    let before = chrono::Utc::now().timestamp_millis();
     InProcess::builtin(config).join().await;
-    let got = node.wait(1, "the plugin's message").await;
+    let got = node.wait(2, "the plugin's message and chat line").await;
     assert_eq!(
         got[0],
         json!({"channel": "/plug/x", "data": {"from": "python"}})
     );
+    // faye.say: actionHero's chat format on its chat channel, as a
+    // server-side broadcast (connection id 0) to the room.
+    assert_eq!(got[1]["channel"], json!("/actionhero/chat/chat"));
+    let chat = &got[1]["data"];
+    let keys: Vec<&str> = chat
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["serverToken", "serverId", "message", "sentAt", "connection"]
+    );
+    assert_eq!(chat["serverToken"], json!("tok3n"));
+    assert_eq!(chat["serverId"], json!("worker-py"));
+    assert_eq!(chat["message"], json!("hello from python"));
+    assert_eq!(chat["connection"], json!({"id": 0, "room": "lobby"}));
+    assert!(chat["sentAt"].as_i64().unwrap() >= before);
     let failures = t.failures();
     assert_eq!(failures.len(), 1);
     let error = failures[0]["error"].as_str().unwrap();
@@ -953,4 +1004,158 @@ async fn worker_starts_while_faye_redis_is_down_and_bridges_once_it_answers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_starts_while_the_faye_server_is_down_and_bridges_once_it_answers() {
     faye_comes_up_after_the_worker("http").await;
+}
+
+/// A config file holding `[faye]` with `body`, removed on drop.
+struct FayeConfig(std::path::PathBuf);
+
+impl FayeConfig {
+    fn new(t: &Ns, name: &str, body: &str) -> FayeConfig {
+        let path = std::env::temp_dir().join(format!("{}-{name}.toml", t.ns));
+        std::fs::write(&path, format!("[faye]\n{body}\n")).unwrap();
+        FayeConfig(path)
+    }
+
+    /// `ah-worker --config <this> faye subscribe <patterns>`.
+    fn subscribe(&self, t: &Ns, patterns: &[&str]) -> Command {
+        let mut c = t.bin();
+        c.arg("--config")
+            .arg(&self.0)
+            .args(["faye", "subscribe"])
+            .args(patterns);
+        c
+    }
+}
+
+/// TERM `child` and wait (10 s at most) for its exit and output.
+async fn terminate(child: Child) -> std::process::Output {
+    signal(&child, "TERM");
+    tokio::task::spawn_blocking(move || wait_output(child, 10))
+        .await
+        .unwrap()
+}
+
+impl Drop for FayeConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The Faye clients subscribed to `channel` (a name or pattern) on `ns`.
+fn subscribers(t: &mut Ns, ns: &str, channel: &str) -> Vec<String> {
+    t.conn.smembers(format!("{ns}/channels{channel}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_faye_subscribe_cli_prints_what_a_node_client_publishes() {
+    let mut t = Ns::new("fayeclisub");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    for (transport, body) in [
+        ("redis", format!("namespace = \"{ns}\"\ntimeout = 2")),
+        (
+            "http",
+            format!(
+                "transport = \"http\"\nurl = \"{}\"\ntimeout = 2",
+                server.url()
+            ),
+        ),
+    ] {
+        let config = FayeConfig::new(&t, transport, &body);
+        let mut child = config
+            .subscribe(&t, &["/cli/**", "/other"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let printed = json_lines(child.stdout.take().unwrap(), "ah-worker faye subscribe");
+        wait_for_async(10, "the cli to subscribe", || {
+            !subscribers(&mut t, &ns, "/cli/**").is_empty()
+                && !subscribers(&mut t, &ns, "/other").is_empty()
+        })
+        .await;
+        node_publish(&server, "/elsewhere", json!("not for us")).await;
+        node_publish(&server, "/cli/a/b", json!({"n": 1, "s": "é"})).await;
+        node_publish(&server, "/other", json!("text")).await;
+        wait_for_async(10, "two printed messages", || {
+            printed.lock().unwrap().len() >= 2
+        })
+        .await;
+        let out = terminate(child).await;
+        assert!(out.status.success(), "{transport}: {:?}", out.status);
+        assert_eq!(
+            *printed.lock().unwrap(),
+            [
+                json!({"channel": "/cli/a/b", "data": {"n": 1, "s": "é"}}),
+                json!({"channel": "/other", "data": "text"}),
+            ],
+            "{transport}"
+        );
+        // It left on TERM: no subscriber remains.
+        assert!(
+            subscribers(&mut t, &ns, "/cli/**").is_empty(),
+            "{transport}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_subscription_is_reported_once_and_retried_with_backoff() {
+    let mut t = Ns::new("fayerefused");
+    let ns = faye_ns(&t);
+    let log = std::env::temp_dir().join(format!("{}.subscribes", t.ns));
+    // actionHero's extension: no wildcard subscriptions.
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60).refusing_wildcards(&log);
+    let config = FayeConfig::new(
+        &t,
+        "refused",
+        &format!(
+            "transport = \"http\"\nurl = \"{}\"\ntimeout = 2",
+            server.url()
+        ),
+    );
+    let child = config
+        .subscribe(&t, &["/plain", "/wild/*"])
+        .env("AH_WORKER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let window = Duration::from_secs(8);
+    tokio::time::sleep(window).await;
+    let out = terminate(child).await;
+    assert!(out.status.success(), "{:?}", out.status);
+    let seen: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let _ = std::fs::remove_file(&log);
+    let refused = seen.iter().filter(|s| s["refused"] == json!(true)).count();
+    // Backoff from 0.1 s doubling: about 7 attempts in 8 s; a hot loop
+    // would make hundreds.
+    eprintln!("{refused} refused subscriptions in {window:?}");
+    assert!(
+        (3..=15).contains(&refused),
+        "{refused} refused subscriptions in {window:?}"
+    );
+    // Reported once for the whole streak, with the pattern and the
+    // server's reason.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["level"] == json!("WARN"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert_eq!(
+        warnings[0]["error"],
+        json!(
+            "faye refused the subscription to /wild/*: actionhero does not allow wildcard subscriptions"
+        )
+    );
+    // Each refused client was disconnected, not left for collection (one
+    // may be mid-attempt when TERM came).
+    let clients: usize = t.conn.zcard(format!("{ns}/clients")).unwrap();
+    assert!(clients <= 1, "{clients} clients left behind");
 }

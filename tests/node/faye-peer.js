@@ -12,6 +12,11 @@
 //   FAYE_TOKEN  if set: the server refuses every message whose ext.token is
 //               not this value (error "403::token required"), and the
 //               clients put it in the ext of every message they send
+//   FAYE_NO_WILDCARDS  if set: the server refuses every /meta/subscribe to a
+//               pattern (one containing `*`) with actionHero's error text
+//               "actionhero does not allow wildcard subscriptions"
+//   FAYE_LOG    if set: the server appends one JSON line per /meta/subscribe
+//               it receives to this file: {"subscription":..,"refused":bool}
 //
 // Commands:
 //   server PORT NAMESPACE TIMEOUT_S [memory] [GC_S]
@@ -39,6 +44,7 @@
 // On error a message goes to stderr and the exit status is non-zero.
 "use strict";
 
+const fs = require("fs");
 const http = require("http");
 const faye = require("faye");
 
@@ -86,6 +92,20 @@ function server(args) {
     options.engine = engine;
   }
   const bayeux = new faye.NodeAdapter(options);
+  const noWildcards = Boolean(process.env.FAYE_NO_WILDCARDS);
+  const log = process.env.FAYE_LOG;
+  if (noWildcards || log) {
+    bayeux.addExtension({
+      incoming(message, callback) {
+        if (message.channel === "/meta/subscribe") {
+          const refused = noWildcards && String(message.subscription).includes("*");
+          if (refused) message.error = "actionhero does not allow wildcard subscriptions";
+          if (log) fs.appendFileSync(log, JSON.stringify({ subscription: message.subscription, refused }) + "\n");
+        }
+        callback(message);
+      },
+    });
+  }
   const token = process.env.FAYE_TOKEN;
   if (token) {
     bayeux.addExtension({
