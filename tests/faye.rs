@@ -95,12 +95,11 @@ impl FayeServer {
         self
     }
 
-    /// The same server, refusing every subscription to a pattern as
-    /// actionHero's extension did, and logging each `/meta/subscribe` to
-    /// `log` as a JSON line.
-    fn refusing_wildcards(mut self, log: &std::path::Path) -> FayeServer {
-        self.env.push(("FAYE_NO_WILDCARDS", "1".into()));
-        self.env.push(("FAYE_LOG", log.display().to_string()));
+    /// The same server with `env` set (see faye-peer.js: `FAYE_LOG`,
+    /// `FAYE_NO_WILDCARDS`).
+    fn with_env(mut self, env: &[(&'static str, &str)]) -> FayeServer {
+        self.env
+            .extend(env.iter().map(|(k, v)| (*k, v.to_string())));
         self.restart();
         self
     }
@@ -286,20 +285,24 @@ fn http_settings_with(server: &FayeServer, timeout: Duration, connection: Connec
 }
 
 /// A Faye handle per transport: the engine peer on `ns` at `url`, and the
-/// Bayeux client of `server`.
-async fn both_transports(
+/// Bayeux clients of `server` receiving on an event stream and on a
+/// WebSocket.
+async fn transports(
     url: &str,
     ns: &str,
     server: &FayeServer,
     timeout: Duration,
-) -> (Faye, Faye) {
+) -> (Faye, Faye, Faye) {
     let engine = Faye::connect(&redis_settings(url, ns, timeout))
         .await
         .unwrap();
     let http = Faye::connect(&http_settings(server, timeout))
         .await
         .unwrap();
-    (engine, http)
+    let ws = Faye::connect(&http_settings_with(server, timeout, Connection::WebSocket))
+        .await
+        .unwrap();
+    (engine, http, ws)
 }
 
 /// The next message of `sub`, within 10 s.
@@ -359,7 +362,11 @@ async fn bayeux_http_client_and_node_clients_exchange_messages_both_ways() {
     // The server refuses any message without the token in its ext: every
     // message of ours carries the configured ext.
     let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60).requiring_token("s3cret");
-    for connection in [Connection::EventSource, Connection::LongPolling] {
+    for connection in [
+        Connection::EventSource,
+        Connection::LongPolling,
+        Connection::WebSocket,
+    ] {
         let mut settings = http_settings_with(&server, Duration::from_secs(2), connection);
         settings.ext = Some(json!({"token": "s3cret"}));
         let faye = Faye::connect(&settings).await.unwrap();
@@ -491,34 +498,41 @@ async fn subscriptions_outlive_twice_the_server_timeout() {
     // and destroyed by the first sweep after 2 s.
     let server = FayeServer::redis(&t.url, &ns, 1.0, 1);
     let timeout = Duration::from_secs(1);
-    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let (engine, http, ws) = transports(&t.url, &ns, &server, timeout).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut a = engine.subscribe(&patterns(&["/alive/**"]), &stop).unwrap();
     let mut b = http.subscribe(&patterns(&["/alive/*"]), &stop).unwrap();
+    let mut c = ws.subscribe(&patterns(&["/alive/*"]), &stop).unwrap();
     let (id_a, id_b) = (a.ready().await.unwrap(), b.ready().await.unwrap());
+    let id_c = c.ready().await.unwrap();
     // The point of the test is time passing: 2 T plus a GC period, and more.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(a.client_id(), Some(id_a), "never re-registered: kept alive");
     assert_eq!(b.client_id(), Some(id_b), "never re-handshaken: kept alive");
+    assert_eq!(c.client_id(), Some(id_c), "never re-handshaken: kept alive");
     node_publish(&server, "/alive/x", json!("still here")).await;
-    assert_eq!(next(&mut a).await.data, json!("still here"));
-    assert_eq!(next(&mut b).await.data, json!("still here"));
+    for sub in [&mut a, &mut b, &mut c] {
+        assert_eq!(next(sub).await.data, json!("still here"));
+    }
     a.close().await;
     b.close().await;
+    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn both_transports_keep_receiving_across_a_faye_server_restart() {
+async fn every_transport_keeps_receiving_across_a_faye_server_restart() {
     let t = Ns::new("fayerestart");
     let ns = faye_ns(&t);
     let mut server = FayeServer::redis(&t.url, &ns, 2.0, 60);
     let timeout = Duration::from_secs(2);
-    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let (engine, http, ws) = transports(&t.url, &ns, &server, timeout).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut a = engine.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
     let mut b = http.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
+    let mut c = ws.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
+    c.ready().await.unwrap();
     let node = NodeSubscriber::start(&server, &["/r/*"]).await;
     server.restart();
     // Through the new server process: Node publishes, both of ours receive
@@ -527,6 +541,7 @@ async fn both_transports_keep_receiving_across_a_faye_server_restart() {
     node_publish(&server, "/r/after", json!("restarted")).await;
     assert_eq!(next(&mut a).await.data, json!("restarted"));
     assert_eq!(next(&mut b).await.data, json!("restarted"));
+    assert_eq!(next(&mut c).await.data, json!("restarted"));
     let got = node.wait(1, "the node client to get the message").await;
     assert_eq!(got[0]["data"], json!("restarted"));
     engine.publish("/r/ours", json!("from rust")).await.unwrap();
@@ -534,6 +549,7 @@ async fn both_transports_keep_receiving_across_a_faye_server_restart() {
     assert_eq!(got[1]["data"], json!("from rust"));
     a.close().await;
     b.close().await;
+    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -541,20 +557,25 @@ async fn http_subscriber_handshakes_again_when_the_server_forgot_it() {
     // The memory engine loses every client with the process: the next
     // connect gets 401 / advice handshake.
     let mut server = FayeServer::memory(1.0);
-    let faye = Faye::connect(&http_settings(&server, Duration::from_secs(1)))
-        .await
-        .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut sub = faye.subscribe(&patterns(&["/m/**"]), &stop).unwrap();
-    let first = sub.ready().await.unwrap();
-    server.restart();
-    wait_for_async(10, "a new handshake", || {
-        sub.client_id().is_some_and(|id| id != first)
-    })
-    .await;
-    node_publish(&server, "/m/x/y", json!("resubscribed")).await;
-    assert_eq!(next(&mut sub).await.data, json!("resubscribed"));
-    sub.close().await;
+    for connection in [Connection::EventSource, Connection::WebSocket] {
+        let settings = http_settings_with(&server, Duration::from_secs(1), connection);
+        let faye = Faye::connect(&settings).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut sub = faye.subscribe(&patterns(&["/m/**"]), &stop).unwrap();
+        let first = sub.ready().await.unwrap();
+        server.restart();
+        wait_for_async(10, "a new handshake", || {
+            sub.client_id().is_some_and(|id| id != first)
+        })
+        .await;
+        node_publish(&server, "/m/x/y", json!("resubscribed")).await;
+        assert_eq!(
+            next(&mut sub).await.data,
+            json!("resubscribed"),
+            "{connection:?}"
+        );
+        sub.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -738,7 +759,7 @@ async fn order_of_messages_from_one_publisher_is_kept() {
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
     let timeout = Duration::from_secs(2);
-    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let (engine, http, ws) = transports(&t.url, &ns, &server, timeout).await;
     let in_order = |got: Vec<Value>| {
         let ns: Vec<u64> = got
             .iter()
@@ -751,13 +772,15 @@ async fn order_of_messages_from_one_publisher_is_kept() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut a = engine.subscribe(&patterns(&["/o/node"]), &stop).unwrap();
     let mut b = http.subscribe(&patterns(&["/o/*"]), &stop).unwrap();
+    let mut c = ws.subscribe(&patterns(&["/o/node"]), &stop).unwrap();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
+    c.ready().await.unwrap();
     let mut cmd = server.client("publish-many");
     cmd.args(["/o/node", &N.to_string()]);
     let started = Instant::now();
     assert_eq!(run_peer(cmd).await["count"], json!(N));
-    for sub in [&mut a, &mut b] {
+    for sub in [&mut a, &mut b, &mut c] {
         let mut got = Vec::new();
         for _ in 0..N {
             got.push(json!({"data": next(sub).await.data}));
@@ -765,7 +788,7 @@ async fn order_of_messages_from_one_publisher_is_kept() {
         in_order(got);
     }
     eprintln!(
-        "{N} messages node → us (both transports) in {:?}",
+        "{N} messages node → us (three ways) in {:?}",
         started.elapsed()
     );
 
@@ -784,6 +807,7 @@ async fn order_of_messages_from_one_publisher_is_kept() {
     }
     a.close().await;
     b.close().await;
+    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1027,6 +1051,15 @@ impl FayeConfig {
     }
 }
 
+/// The JSON lines of a Faye server's `FAYE_LOG`; removes the file.
+fn read_log(log: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap();
+    let _ = std::fs::remove_file(log);
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// TERM `child` and wait (10 s at most) for its exit and output.
 async fn terminate(child: Child) -> std::process::Output {
     signal(&child, "TERM");
@@ -1105,7 +1138,10 @@ async fn a_refused_subscription_is_reported_once_and_retried_with_backoff() {
     let ns = faye_ns(&t);
     let log = std::env::temp_dir().join(format!("{}.subscribes", t.ns));
     // actionHero's extension: no wildcard subscriptions.
-    let server = FayeServer::redis(&t.url, &ns, 2.0, 60).refusing_wildcards(&log);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60).with_env(&[
+        ("FAYE_NO_WILDCARDS", "1"),
+        ("FAYE_LOG", &log.display().to_string()),
+    ]);
     let config = FayeConfig::new(
         &t,
         "refused",
@@ -1125,12 +1161,7 @@ async fn a_refused_subscription_is_reported_once_and_retried_with_backoff() {
     tokio::time::sleep(window).await;
     let out = terminate(child).await;
     assert!(out.status.success(), "{:?}", out.status);
-    let seen: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let _ = std::fs::remove_file(&log);
+    let seen = read_log(&log);
     let refused = seen.iter().filter(|s| s["refused"] == json!(true)).count();
     // Backoff from 0.1 s doubling: about 7 attempts in 8 s; a hot loop
     // would make hundreds.
@@ -1158,4 +1189,45 @@ async fn a_refused_subscription_is_reported_once_and_retried_with_backoff() {
     // may be mid-attempt when TERM came).
     let clients: usize = t.conn.zcard(format!("{ns}/clients")).unwrap();
     assert!(clients <= 1, "{clients} clients left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_session_runs_on_its_socket_and_rebinds_after_a_server_restart() {
+    let t = Ns::new("fayews");
+    let ns = faye_ns(&t);
+    let log = std::env::temp_dir().join(format!("{}.meta", t.ns));
+    let mut server = FayeServer::redis(&t.url, &ns, 2.0, 60)
+        .with_env(&[("FAYE_LOG", &log.display().to_string())]);
+    let faye = Faye::connect(&http_settings_with(
+        &server,
+        Duration::from_secs(2),
+        Connection::WebSocket,
+    ))
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut sub = faye.subscribe(&patterns(&["/ws/*"]), &stop).unwrap();
+    let id = sub.ready().await.unwrap();
+    node_publish(&server, "/ws/before", json!(1)).await;
+    assert_eq!(next(&mut sub).await.data, json!(1));
+    // The socket breaks with the server; a new one is bound to the same
+    // client id, which faye-redis still knows, and gets what was queued.
+    server.restart();
+    node_publish(&server, "/ws/after", json!(2)).await;
+    let m = next(&mut sub).await;
+    assert_eq!((m.channel.as_str(), m.data), ("/ws/after", json!(2)));
+    assert_eq!(sub.client_id(), Some(id.clone()), "no new handshake");
+    sub.close().await;
+    // Our connects (the Node clients' are in the log too): on the socket,
+    // and again after the restart, with the same client id.
+    let ours: Vec<Value> = read_log(&log)
+        .into_iter()
+        .filter(|l| l["channel"] == json!("/meta/connect") && l["clientId"] == json!(id))
+        .collect();
+    assert!(ours.len() >= 2, "{ours:?}");
+    assert!(
+        ours.iter()
+            .all(|c| c["connectionType"] == json!("websocket")),
+        "{ours:?}"
+    );
 }

@@ -5,9 +5,10 @@
 //! handshake. Subscribing is a session: handshake, one `/meta/subscribe` per
 //! pattern, then messages either pushed down an event stream (`GET
 //! <mount>/<clientId>`, Faye's `eventsource` connection type) while
-//! `/meta/connect`s, answered at once, keep the client alive; or in the
-//! replies to `/meta/connect` long polls. Either way one connect is
-//! outstanding at a time (a second for the same client id would leave the
+//! `/meta/connect`s, answered at once, keep the client alive; or pushed as
+//! frames on a WebSocket ([`websocket`], where the whole session runs on
+//! the socket); or in the replies to `/meta/connect` long polls. Each way
+//! one connect is outstanding at a time (a second for the same client id would leave the
 //! first unanswered forever). A `401`, or advice `reconnect: "handshake"`,
 //! starts a new session and subscribes again; advice `"none"` stops. The
 //! configured `ext` goes on every message. Replies are matched by id **and**
@@ -31,7 +32,7 @@ use tracing::{error, info, warn};
 
 use super::message::{
     Advice, BAYEUX_VERSION, EVENTSOURCE, LONG_POLLING, Message, Reconnect, Reply, Request,
-    message_id,
+    WEBSOCKET, message_id,
 };
 use super::retry::{REFUSED_MAX, Retry, sleep_or_stop};
 use super::{FayeError, Feed};
@@ -43,6 +44,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// allows 1.2 × the timeout; a fixed margin also covers small timeouts).
 const CONNECT_MARGIN: Duration = Duration::from_secs(5);
 
+mod websocket;
+
 /// How a Faye server sends us messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connection {
@@ -51,6 +54,9 @@ pub enum Connection {
     EventSource,
     /// In the replies to long polls.
     LongPolling,
+    /// Pushed as frames on a WebSocket (`ws://` to the mount), which also
+    /// carries the handshake, the subscriptions and the connects.
+    WebSocket,
 }
 
 /// A Faye server reached over HTTP.
@@ -169,22 +175,37 @@ impl Bayeux {
         }
     }
 
+    /// Send `requests` as one batch, over `socket` if the session has one,
+    /// else POSTed; the replies.
+    async fn exchange(
+        &self,
+        socket: &mut Option<websocket::Socket>,
+        requests: &[&Request<'_>],
+    ) -> Result<Vec<Reply>, FayeError> {
+        match socket {
+            None => self.post(&requests, REQUEST_TIMEOUT).await,
+            Some(socket) => websocket::exchange(socket, &self.url, requests).await,
+        }
+    }
+
     /// Handshake and subscribe to every pattern: a new session.
     async fn start_session(&self, patterns: &[String]) -> Result<Session, FayeError> {
         let id = message_id();
-        let offered: &[&str] = match self.connection {
-            Connection::EventSource => &[EVENTSOURCE, LONG_POLLING],
-            Connection::LongPolling => &[LONG_POLLING],
+        // With a WebSocket, the whole session runs on it.
+        let (offered, mut socket): (&[&str], _) = match self.connection {
+            Connection::EventSource => (&[EVENTSOURCE, LONG_POLLING], None),
+            Connection::LongPolling => (&[LONG_POLLING], None),
+            Connection::WebSocket => (&[WEBSOCKET], Some(websocket::open(&self.url).await?)),
         };
         let replies = self
-            .post(
-                &[Request::Handshake {
+            .exchange(
+                &mut socket,
+                &[&Request::Handshake {
                     version: BAYEUX_VERSION,
                     supported_connection_types: offered,
                     id: id.clone(),
                     ext: self.ext.as_ref(),
                 }],
-                REQUEST_TIMEOUT,
             )
             .await?;
         let reply = self.reply_to(&replies, &id)?;
@@ -217,7 +238,7 @@ impl Bayeux {
             })
             .collect();
         let body: Vec<&Request> = requests.iter().map(|(_, r)| r).collect();
-        let replies = self.post(&body, REQUEST_TIMEOUT).await?;
+        let replies = self.exchange(&mut socket, &body).await?;
         for ((id, _), pattern) in requests.iter().zip(patterns) {
             let reply = self.reply_to(&replies, id)?;
             if reply.successful != Some(true) {
@@ -237,6 +258,7 @@ impl Bayeux {
             client,
             advice,
             push,
+            socket,
         })
     }
 
@@ -258,7 +280,7 @@ impl Bayeux {
                     id: id.clone(),
                     ext: self.ext.as_ref(),
                 }],
-                hold + hold / 5 + CONNECT_MARGIN,
+                connect_limit(hold),
             )
             .await?;
         let reply = self.reply_to(&replies, &id)?;
@@ -328,9 +350,12 @@ impl Bayeux {
                 }
             };
             retry.succeeded();
-            info!(client = %session.client, push = session.push, "faye client subscribed");
+            info!(client = %session.client, push = session.push,
+                websocket = session.socket.is_some(), "faye client subscribed");
             feed.client(&session.client);
-            let end = if session.push {
+            let end = if session.socket.is_some() {
+                self.socket_session(session, feed, stop).await
+            } else if session.push {
                 self.push_session(session, feed, stop).await
             } else {
                 self.poll_session(session, feed, stop).await
@@ -505,12 +530,13 @@ impl Bayeux {
     }
 }
 
-/// A session: our client id, the handshake's advice, and whether the server
-/// pushes over an event stream.
+/// A session: our client id, the handshake's advice, and how the server
+/// pushes: over an event stream, or on the socket the session began on.
 struct Session {
     client: String,
     advice: Advice,
     push: bool,
+    socket: Option<websocket::Socket>,
 }
 
 /// Why a session ended.
@@ -530,6 +556,12 @@ enum Next {
     Retry(FayeError),
     /// The session ends.
     End(End),
+}
+
+/// How long to wait for the reply to a connect the server holds up to
+/// `hold`.
+fn connect_limit(hold: Duration) -> Duration {
+    hold + hold / 5 + CONNECT_MARGIN
 }
 
 /// Apply a connect reply's advice and say what comes next.

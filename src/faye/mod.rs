@@ -6,8 +6,8 @@
 //!   Node Faye servers share (actionHero's setup): no Faye server needed,
 //!   but Faye's server extensions do not see what we publish;
 //! - [`http`]: a Bayeux client of a Faye server URL (messages pushed down
-//!   an event stream, or long polls), whose extensions (auth) see every
-//!   message.
+//!   an event stream or a WebSocket, or long polls), whose extensions
+//!   (auth) see every message.
 //!
 //! On top of either, a [`Faye`] handle publishes (handlers, plugins, the
 //! CLI, actionHero chat via [`Faye::say`]) and subscribes; [`bridge`] turns
@@ -18,8 +18,8 @@
 //! or after it was collected) are lost, and so are messages in a long-poll
 //! reply lost in transit. Reference: faye.md (faye 1.4.3, faye-redis 0.2.0).
 //!
-//! Not here: the WebSocket transport, Faye 0.8 / faye-redis 0.1 layouts,
-//! Redis Cluster (faye-redis does not support it).
+//! Not here: TLS to the Faye server (`https://`, `wss://`), Faye 0.8 /
+//! faye-redis 0.1 layouts, Redis Cluster (faye-redis does not support it).
 
 pub mod bridge;
 pub mod channel;
@@ -63,6 +63,14 @@ pub enum FayeError {
         url: String,
         /// The transport error.
         source: reqwest::Error,
+    },
+    /// The WebSocket to the server failed (connection, timeout, closed).
+    #[error("websocket to the faye server at {url} failed")]
+    WebSocket {
+        /// The socket's URL.
+        url: String,
+        /// The socket error.
+        source: tokio_tungstenite::tungstenite::Error,
     },
     /// The server answered with an HTTP error status.
     #[error("faye server at {url} answered HTTP {status}: {body}")]

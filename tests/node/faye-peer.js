@@ -16,7 +16,8 @@
 //               pattern (one containing `*`) with actionHero's error text
 //               "actionhero does not allow wildcard subscriptions"
 //   FAYE_LOG    if set: the server appends one JSON line per /meta/subscribe
-//               it receives to this file: {"subscription":..,"refused":bool}
+//               and /meta/connect it receives to this file:
+//               {"channel","clientId","subscription"|"connectionType","refused":bool}
 //
 // Commands:
 //   server PORT NAMESPACE TIMEOUT_S [memory] [GC_S]
@@ -97,10 +98,12 @@ function server(args) {
   if (noWildcards || log) {
     bayeux.addExtension({
       incoming(message, callback) {
-        if (message.channel === "/meta/subscribe") {
-          const refused = noWildcards && String(message.subscription).includes("*");
-          if (refused) message.error = "actionhero does not allow wildcard subscriptions";
-          if (log) fs.appendFileSync(log, JSON.stringify({ subscription: message.subscription, refused }) + "\n");
+        const subscribe = message.channel === "/meta/subscribe";
+        const refused = subscribe && noWildcards && String(message.subscription).includes("*");
+        if (refused) message.error = "actionhero does not allow wildcard subscriptions";
+        if (log && (subscribe || message.channel === "/meta/connect")) {
+          const { channel, clientId, subscription, connectionType } = message;
+          fs.appendFileSync(log, JSON.stringify({ channel, clientId, subscription, connectionType, refused }) + "\n");
         }
         callback(message);
       },
