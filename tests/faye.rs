@@ -258,6 +258,19 @@ fn redis_settings(url: &str, ns: &str, timeout: Duration) -> Settings {
     s
 }
 
+/// The Python example coprocess plugin (its `Py::Publish` and `Py::Say`
+/// use the faye.publish and faye.say calls).
+fn python_plugin() -> ah_worker::plugin::PluginSpec {
+    crate::util::plugin(
+        r#"
+name = "python-example"
+kind = "coprocess"
+classes = ["Py::*"]
+command = ["python3", "examples/plugins/python/coprocess.py"]
+"#,
+    )
+}
+
 /// A `[faye]` section's body, as the config file gives it, over the
 /// worker's Redis at `redis_url`.
 fn faye_section(body: &str, redis_url: &str) -> Settings {
@@ -888,14 +901,7 @@ async fn a_coprocess_plugin_publishes_and_says_through_the_worker() {
     settings.chat.server_token = Some("tok3n".into());
     settings.chat.server_id = "worker-py".into();
     config.faye = Some(settings);
-    config.plugins = vec![crate::util::plugin(
-        r#"
-name = "python-example"
-kind = "coprocess"
-classes = ["Py::*"]
-command = ["python3", "examples/plugins/python/coprocess.py"]
-"#,
-    )];
+    config.plugins = vec![python_plugin()];
     let before = chrono::Utc::now().timestamp_millis();
     InProcess::builtin(config).join().await;
     let got = node.wait(2, "the plugin's message and chat line").await;
@@ -965,16 +971,28 @@ queue = "late"
         "late",
         br#"{"class":"AhWorker::Count","args":["fayelate","before"]}"#,
     );
+    // A plugin's publish meanwhile fails its job with a clear error.
+    t.push(
+        "late",
+        br#"{"class":"Py::Publish","args":["/late-events/early",1]}"#,
+    );
     let mut config = t.config(&["late"], 1);
     config.interval = Duration::from_millis(100);
     config.faye = Some(settings);
+    config.plugins = vec![python_plugin()];
     let worker = InProcess::builtin(config);
     let counted =
         |t: &mut Ns, field: &str| -> Option<i64> { t.conn.hget(t.key("fayelate"), field).unwrap() };
-    wait_for_async(10, "a job to run while faye is down", || {
-        counted(&mut t, "before") == Some(1)
+    wait_for_async(10, "jobs to run while faye is down", || {
+        counted(&mut t, "before") == Some(1) && t.list("failed").len() == 1
     })
     .await;
+    let error = t.failures()[0]["error"].as_str().unwrap().to_owned();
+    let expected = match transport {
+        "redis" => "faye.publish failed: faye's redis has not answered yet",
+        _ => "faye.publish failed: request to the faye server",
+    };
+    assert!(error.starts_with(expected), "{error}");
     // Long enough for a few failed attempts.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!worker.task.is_finished(), "the worker keeps running");
