@@ -324,9 +324,11 @@ async fn run_generation(
         services = services.with_actionhero(ah);
     }
     if let Some(settings) = &config.faye {
-        let faye = crate::faye::Faye::connect(settings)
-            .await
-            .context("cannot start faye")?;
+        // Faye being away must not stop the jobs: it is connected to in the
+        // background, and what needs it meanwhile fails or waits.
+        let (faye, connecting) =
+            crate::faye::Faye::start(settings, &stop_background).context("cannot start faye")?;
+        background.extend(connecting);
         services = services.with_faye(faye.clone());
         background.extend(faye.spawn_events(stop_background.clone()));
         background.extend(crate::faye::spawn_bridge(

@@ -3,7 +3,9 @@
 //! faye.Client subscribers and publishers): both transports, both
 //! directions, wildcards, liveness past the server timeout, restarts of the
 //! Faye server and of Redis, the bridge to jobs, job events, order, the CLI
-//! and the plugin call. Issue 8.
+//! (publish, say, subscribe), the plugin calls (faye.publish, faye.say), a
+//! worker started while Faye is down, and a subscription the server
+//! refuses. Issue 8.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +17,9 @@ use ah_worker::faye::{Faye, Settings, Subscription, Transport};
 use redis::Commands;
 use serde_json::{Value, json};
 
-use crate::util::{InProcess, Ns, free_port, root, start_redis, wait_for_async};
+use crate::util::{
+    InProcess, Ns, free_port, root, signal, start_redis, wait_for_async, wait_output,
+};
 
 /// The Node peer script.
 fn peer() -> Command {
@@ -38,13 +42,21 @@ struct FayeServer {
     redis: String,
     /// The `ext.token` it requires of every message (`FAYE_TOKEN`).
     token: Option<String>,
+    /// Its environment besides `REDIS_URL` (`FAYE_TOKEN`, ...).
+    env: Vec<(&'static str, String)>,
 }
 
 impl FayeServer {
     /// A faye-redis server on `redis` under `ns` with `timeout` seconds and a
     /// GC sweep every `gc` seconds.
     fn redis(redis: &str, ns: &str, timeout: f64, gc: u32) -> FayeServer {
+        FayeServer::redis_on(free_port(), redis, ns, timeout, gc)
+    }
+
+    /// [`FayeServer::redis`] on a given port.
+    fn redis_on(port: u16, redis: &str, ns: &str, timeout: f64, gc: u32) -> FayeServer {
         FayeServer::start(
+            port,
             redis,
             vec![
                 ns.into(),
@@ -58,25 +70,36 @@ impl FayeServer {
     /// A memory-engine server: it forgets every client when it restarts.
     fn memory(timeout: f64) -> FayeServer {
         FayeServer::start(
+            free_port(),
             "redis://127.0.0.1:1/0",
             vec!["-".into(), timeout.to_string(), "memory".into()],
         )
     }
 
-    fn start(redis: &str, args: Vec<String>) -> FayeServer {
-        let port = free_port();
+    fn start(port: u16, redis: &str, args: Vec<String>) -> FayeServer {
         FayeServer {
-            child: FayeServer::spawn(port, &args, redis, None),
+            child: FayeServer::spawn(port, &args, redis, &[]),
             port,
             args,
             redis: redis.to_owned(),
             token: None,
+            env: Vec::new(),
         }
     }
 
     /// The same server, refusing every message without `ext.token`.
     fn requiring_token(mut self, token: &str) -> FayeServer {
         self.token = Some(token.to_owned());
+        self.env.push(("FAYE_TOKEN", token.to_owned()));
+        self.restart();
+        self
+    }
+
+    /// The same server with `env` set (see faye-peer.js: `FAYE_LOG`,
+    /// `FAYE_NO_WILDCARDS`).
+    fn with_env(mut self, env: &[(&'static str, &str)]) -> FayeServer {
+        self.env
+            .extend(env.iter().map(|(k, v)| (*k, v.to_string())));
         self.restart();
         self
     }
@@ -92,11 +115,9 @@ impl FayeServer {
     }
 
     /// Start the process and wait for its `{"listening":port}` line.
-    fn spawn(port: u16, args: &[String], redis: &str, token: Option<&str>) -> Child {
+    fn spawn(port: u16, args: &[String], redis: &str, env: &[(&str, String)]) -> Child {
         let mut cmd = peer();
-        if let Some(token) = token {
-            cmd.env("FAYE_TOKEN", token);
-        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .arg("server")
             .arg(port.to_string())
@@ -130,7 +151,7 @@ impl FayeServer {
     /// Kill it and start it again on the same port.
     fn restart(&mut self) {
         self.stop();
-        self.child = FayeServer::spawn(self.port, &self.args, &self.redis, self.token.as_deref());
+        self.child = FayeServer::spawn(self.port, &self.args, &self.redis, &self.env);
     }
 }
 
@@ -138,6 +159,23 @@ impl Drop for FayeServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The JSON lines `who` prints on `out`, collected by a thread as they come.
+fn json_lines(
+    out: impl std::io::Read + Send + 'static,
+    who: &'static str,
+) -> Arc<Mutex<Vec<Value>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{who} printed {line:?}: {e}"));
+            sink.lock().unwrap().push(v);
+        }
+    });
+    lines
 }
 
 /// A Node `faye.Client` subscribed to some channels, printing what it gets.
@@ -156,16 +194,7 @@ impl NodeSubscriber {
             .stdout(Stdio::piped())
             .spawn()
             .expect("node must be installed");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("faye-peer printed {line:?}: {e}"));
-                sink.lock().unwrap().push(v);
-            }
-        });
+        let lines = json_lines(child.stdout.take().unwrap(), "faye-peer");
         let s = NodeSubscriber { child, lines };
         wait_for_async(10, "the node subscriber to be subscribed", || {
             s.lines.lock().unwrap().first() == Some(&json!({"ready": true}))
@@ -229,6 +258,31 @@ fn redis_settings(url: &str, ns: &str, timeout: Duration) -> Settings {
     s
 }
 
+/// The Python example coprocess plugin (its `Py::Publish` and `Py::Say`
+/// use the faye.publish and faye.say calls).
+fn python_plugin() -> ah_worker::plugin::PluginSpec {
+    crate::util::plugin(
+        r#"
+name = "python-example"
+kind = "coprocess"
+classes = ["Py::*"]
+command = ["python3", "examples/plugins/python/coprocess.py"]
+"#,
+    )
+}
+
+/// A `[faye]` section's body, as the config file gives it, over the
+/// worker's Redis at `redis_url`.
+fn faye_section(body: &str, redis_url: &str) -> Settings {
+    Settings::from_toml(
+        toml::from_str(body).unwrap(),
+        redis_url,
+        &Default::default(),
+        "rust-test",
+    )
+    .unwrap()
+}
+
 fn http_settings(server: &FayeServer, timeout: Duration) -> Settings {
     http_settings_with(server, timeout, Connection::EventSource)
 }
@@ -244,20 +298,24 @@ fn http_settings_with(server: &FayeServer, timeout: Duration, connection: Connec
 }
 
 /// A Faye handle per transport: the engine peer on `ns` at `url`, and the
-/// Bayeux client of `server`.
-async fn both_transports(
+/// Bayeux clients of `server` receiving on an event stream and on a
+/// WebSocket.
+async fn transports(
     url: &str,
     ns: &str,
     server: &FayeServer,
     timeout: Duration,
-) -> (Faye, Faye) {
+) -> (Faye, Faye, Faye) {
     let engine = Faye::connect(&redis_settings(url, ns, timeout))
         .await
         .unwrap();
     let http = Faye::connect(&http_settings(server, timeout))
         .await
         .unwrap();
-    (engine, http)
+    let ws = Faye::connect(&http_settings_with(server, timeout, Connection::WebSocket))
+        .await
+        .unwrap();
+    (engine, http, ws)
 }
 
 /// The next message of `sub`, within 10 s.
@@ -317,7 +375,11 @@ async fn bayeux_http_client_and_node_clients_exchange_messages_both_ways() {
     // The server refuses any message without the token in its ext: every
     // message of ours carries the configured ext.
     let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60).requiring_token("s3cret");
-    for connection in [Connection::EventSource, Connection::LongPolling] {
+    for connection in [
+        Connection::EventSource,
+        Connection::LongPolling,
+        Connection::WebSocket,
+    ] {
         let mut settings = http_settings_with(&server, Duration::from_secs(2), connection);
         settings.ext = Some(json!({"token": "s3cret"}));
         let faye = Faye::connect(&settings).await.unwrap();
@@ -449,34 +511,41 @@ async fn subscriptions_outlive_twice_the_server_timeout() {
     // and destroyed by the first sweep after 2 s.
     let server = FayeServer::redis(&t.url, &ns, 1.0, 1);
     let timeout = Duration::from_secs(1);
-    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let (engine, http, ws) = transports(&t.url, &ns, &server, timeout).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut a = engine.subscribe(&patterns(&["/alive/**"]), &stop).unwrap();
     let mut b = http.subscribe(&patterns(&["/alive/*"]), &stop).unwrap();
+    let mut c = ws.subscribe(&patterns(&["/alive/*"]), &stop).unwrap();
     let (id_a, id_b) = (a.ready().await.unwrap(), b.ready().await.unwrap());
+    let id_c = c.ready().await.unwrap();
     // The point of the test is time passing: 2 T plus a GC period, and more.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(a.client_id(), Some(id_a), "never re-registered: kept alive");
     assert_eq!(b.client_id(), Some(id_b), "never re-handshaken: kept alive");
+    assert_eq!(c.client_id(), Some(id_c), "never re-handshaken: kept alive");
     node_publish(&server, "/alive/x", json!("still here")).await;
-    assert_eq!(next(&mut a).await.data, json!("still here"));
-    assert_eq!(next(&mut b).await.data, json!("still here"));
+    for sub in [&mut a, &mut b, &mut c] {
+        assert_eq!(next(sub).await.data, json!("still here"));
+    }
     a.close().await;
     b.close().await;
+    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn both_transports_keep_receiving_across_a_faye_server_restart() {
+async fn every_transport_keeps_receiving_across_a_faye_server_restart() {
     let t = Ns::new("fayerestart");
     let ns = faye_ns(&t);
     let mut server = FayeServer::redis(&t.url, &ns, 2.0, 60);
     let timeout = Duration::from_secs(2);
-    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let (engine, http, ws) = transports(&t.url, &ns, &server, timeout).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut a = engine.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
     let mut b = http.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
+    let mut c = ws.subscribe(&patterns(&["/r/*"]), &stop).unwrap();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
+    c.ready().await.unwrap();
     let node = NodeSubscriber::start(&server, &["/r/*"]).await;
     server.restart();
     // Through the new server process: Node publishes, both of ours receive
@@ -485,6 +554,7 @@ async fn both_transports_keep_receiving_across_a_faye_server_restart() {
     node_publish(&server, "/r/after", json!("restarted")).await;
     assert_eq!(next(&mut a).await.data, json!("restarted"));
     assert_eq!(next(&mut b).await.data, json!("restarted"));
+    assert_eq!(next(&mut c).await.data, json!("restarted"));
     let got = node.wait(1, "the node client to get the message").await;
     assert_eq!(got[0]["data"], json!("restarted"));
     engine.publish("/r/ours", json!("from rust")).await.unwrap();
@@ -492,6 +562,7 @@ async fn both_transports_keep_receiving_across_a_faye_server_restart() {
     assert_eq!(got[1]["data"], json!("from rust"));
     a.close().await;
     b.close().await;
+    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -499,20 +570,25 @@ async fn http_subscriber_handshakes_again_when_the_server_forgot_it() {
     // The memory engine loses every client with the process: the next
     // connect gets 401 / advice handshake.
     let mut server = FayeServer::memory(1.0);
-    let faye = Faye::connect(&http_settings(&server, Duration::from_secs(1)))
-        .await
-        .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut sub = faye.subscribe(&patterns(&["/m/**"]), &stop).unwrap();
-    let first = sub.ready().await.unwrap();
-    server.restart();
-    wait_for_async(10, "a new handshake", || {
-        sub.client_id().is_some_and(|id| id != first)
-    })
-    .await;
-    node_publish(&server, "/m/x/y", json!("resubscribed")).await;
-    assert_eq!(next(&mut sub).await.data, json!("resubscribed"));
-    sub.close().await;
+    for connection in [Connection::EventSource, Connection::WebSocket] {
+        let settings = http_settings_with(&server, Duration::from_secs(1), connection);
+        let faye = Faye::connect(&settings).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut sub = faye.subscribe(&patterns(&["/m/**"]), &stop).unwrap();
+        let first = sub.ready().await.unwrap();
+        server.restart();
+        wait_for_async(10, "a new handshake", || {
+            sub.client_id().is_some_and(|id| id != first)
+        })
+        .await;
+        node_publish(&server, "/m/x/y", json!("resubscribed")).await;
+        assert_eq!(
+            next(&mut sub).await.data,
+            json!("resubscribed"),
+            "{connection:?}"
+        );
+        sub.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -585,8 +661,8 @@ async fn bridge_rules_turn_node_publishes_into_jobs() {
     let mut t = Ns::new("fayebridge");
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
-    let settings = Settings::from_toml(
-        toml::from_str(&format!(
+    let settings = faye_section(
+        &format!(
             r#"
 namespace = "{ns}"
 timeout = 2
@@ -600,13 +676,9 @@ class = "AhWorker::Fail"
 queue = "faye"
 args = "message"
 "#
-        ))
-        .unwrap(),
+        ),
         &t.url,
-        &Default::default(),
-        "rust-test",
-    )
-    .unwrap();
+    );
     let mut config = t.config(&["faye"], 2);
     config.faye = Some(settings);
     let worker = InProcess::builtin(config);
@@ -647,8 +719,8 @@ async fn job_events_reach_a_node_subscriber() {
     let mut t = Ns::new("fayeevents");
     let server = FayeServer::redis(&t.url, &faye_ns(&t), 2.0, 60);
     let node = NodeSubscriber::start(&server, &["/ahw/**"]).await;
-    let settings = Settings::from_toml(
-        toml::from_str(&format!(
+    let settings = faye_section(
+        &format!(
             r#"
 transport = "http"
 url = "{}"
@@ -658,13 +730,9 @@ channel = "/ahw/events"
 classes = ["AhWorker::*"]
 "#,
             server.url()
-        ))
-        .unwrap(),
+        ),
         &t.url,
-        &Default::default(),
-        "rust-test",
-    )
-    .unwrap();
+    );
     t.push("ev", br#"{"class":"AhWorker::Noop","args":[]}"#);
     t.push(
         "ev",
@@ -704,7 +772,7 @@ async fn order_of_messages_from_one_publisher_is_kept() {
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
     let timeout = Duration::from_secs(2);
-    let (engine, http) = both_transports(&t.url, &ns, &server, timeout).await;
+    let (engine, http, ws) = transports(&t.url, &ns, &server, timeout).await;
     let in_order = |got: Vec<Value>| {
         let ns: Vec<u64> = got
             .iter()
@@ -717,13 +785,15 @@ async fn order_of_messages_from_one_publisher_is_kept() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut a = engine.subscribe(&patterns(&["/o/node"]), &stop).unwrap();
     let mut b = http.subscribe(&patterns(&["/o/*"]), &stop).unwrap();
+    let mut c = ws.subscribe(&patterns(&["/o/node"]), &stop).unwrap();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
+    c.ready().await.unwrap();
     let mut cmd = server.client("publish-many");
     cmd.args(["/o/node", &N.to_string()]);
     let started = Instant::now();
     assert_eq!(run_peer(cmd).await["count"], json!(N));
-    for sub in [&mut a, &mut b] {
+    for sub in [&mut a, &mut b, &mut c] {
         let mut got = Vec::new();
         for _ in 0..N {
             got.push(json!({"data": next(sub).await.data}));
@@ -731,7 +801,7 @@ async fn order_of_messages_from_one_publisher_is_kept() {
         in_order(got);
     }
     eprintln!(
-        "{N} messages node → us (both transports) in {:?}",
+        "{N} messages node → us (three ways) in {:?}",
         started.elapsed()
     );
 
@@ -750,6 +820,7 @@ async fn order_of_messages_from_one_publisher_is_kept() {
     }
     a.close().await;
     b.close().await;
+    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -810,38 +881,371 @@ async fn say_and_publish_from_the_cli_reach_node_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_coprocess_plugin_publishes_through_the_worker() {
+async fn a_coprocess_plugin_publishes_and_says_through_the_worker() {
     let mut t = Ns::new("fayeplugin");
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
-    let node = NodeSubscriber::start(&server, &["/plug/*"]).await;
+    let node = NodeSubscriber::start(&server, &["/plug/*", "/actionhero/chat/chat"]).await;
     t.push(
         "q",
         br#"{"class":"Py::Publish","args":["/plug/x",{"from":"python"}]}"#,
     );
     t.push("q", br#"{"class":"Py::Publish","args":["/plug.bad",1]}"#);
+    t.push(
+        "q",
+        br#"{"class":"Py::Say","args":["lobby","hello from python"]}"#,
+    );
     let mut config = t.config(&["q"], 1);
     config.interval = Duration::ZERO;
-    config.faye = Some(redis_settings(&t.url, &ns, Duration::from_secs(2)));
-    config.plugins = vec![crate::util::plugin(
-        r#"
-name = "python-example"
-kind = "coprocess"
-classes = ["Py::*"]
-command = ["python3", "examples/plugins/python/coprocess.py"]
-"#,
-    )];
+    let mut settings = redis_settings(&t.url, &ns, Duration::from_secs(2));
+    settings.chat.server_token = Some("tok3n".into());
+    settings.chat.server_id = "worker-py".into();
+    config.faye = Some(settings);
+    config.plugins = vec![python_plugin()];
+    let before = chrono::Utc::now().timestamp_millis();
     InProcess::builtin(config).join().await;
-    let got = node.wait(1, "the plugin's message").await;
+    let got = node.wait(2, "the plugin's message and chat line").await;
     assert_eq!(
         got[0],
         json!({"channel": "/plug/x", "data": {"from": "python"}})
     );
+    // faye.say: actionHero's chat format on its chat channel, as a
+    // server-side broadcast (connection id 0) to the room.
+    assert_eq!(got[1]["channel"], json!("/actionhero/chat/chat"));
+    let chat = &got[1]["data"];
+    let keys: Vec<&str> = chat
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["serverToken", "serverId", "message", "sentAt", "connection"]
+    );
+    assert_eq!(chat["serverToken"], json!("tok3n"));
+    assert_eq!(chat["serverId"], json!("worker-py"));
+    assert_eq!(chat["message"], json!("hello from python"));
+    assert_eq!(chat["connection"], json!({"id": 0, "room": "lobby"}));
+    assert!(chat["sentAt"].as_i64().unwrap() >= before);
     let failures = t.failures();
     assert_eq!(failures.len(), 1);
     let error = failures[0]["error"].as_str().unwrap();
     assert!(
         error.contains("faye.publish failed: invalid channel"),
         "{error}"
+    );
+}
+
+/// A worker whose Faye is not up when it starts (its own Redis for the
+/// redis transport, the Faye server for http) keeps running jobs, and once
+/// Faye answers, its bridge rule subscribes and job events flow.
+async fn faye_comes_up_after_the_worker(transport: &str) {
+    let mut t = Ns::new(&format!("fayelate{transport}"));
+    let ns = faye_ns(&t);
+    // The redis transport's Redis, or the Faye server's port: nothing
+    // listens there yet.
+    let port = free_port();
+    let faye_redis = format!("redis://127.0.0.1:{port}/0");
+    let where_ = match transport {
+        "redis" => format!("redis = \"{faye_redis}\"\nnamespace = \"{ns}\""),
+        _ => format!("url = \"http://127.0.0.1:{port}/faye\""),
+    };
+    let settings = faye_section(
+        &format!(
+            r#"
+transport = "{transport}"
+{where_}
+timeout = 2
+[events]
+channel = "/late-events/jobs"
+[[subscribe]]
+channel = "/late/*"
+class = "AhWorker::Count"
+queue = "late"
+"#
+        ),
+        &t.url,
+    );
+    t.push(
+        "late",
+        br#"{"class":"AhWorker::Count","args":["fayelate","before"]}"#,
+    );
+    // A plugin's publish meanwhile fails its job with a clear error.
+    t.push(
+        "late",
+        br#"{"class":"Py::Publish","args":["/late-events/early",1]}"#,
+    );
+    let mut config = t.config(&["late"], 1);
+    config.interval = Duration::from_millis(100);
+    config.faye = Some(settings);
+    config.plugins = vec![python_plugin()];
+    let worker = InProcess::builtin(config);
+    let counted =
+        |t: &mut Ns, field: &str| -> Option<i64> { t.conn.hget(t.key("fayelate"), field).unwrap() };
+    wait_for_async(10, "jobs to run while faye is down", || {
+        counted(&mut t, "before") == Some(1) && t.list("failed").len() == 1
+    })
+    .await;
+    let error = t.failures()[0]["error"].as_str().unwrap().to_owned();
+    let expected = match transport {
+        "redis" => "faye.publish failed: faye's redis has not answered yet",
+        _ => "faye.publish failed: request to the faye server",
+    };
+    assert!(error.starts_with(expected), "{error}");
+    // Long enough for a few failed attempts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!worker.task.is_finished(), "the worker keeps running");
+
+    // Faye comes up: for the redis transport its Redis and a Faye server on
+    // it; for http the Faye server on the configured port (on the tests'
+    // Redis).
+    let (_redis_guard, server, faye_redis) = match transport {
+        "redis" => {
+            let guard = start_redis(port, &[]);
+            let server = FayeServer::redis(&faye_redis, &ns, 2.0, 60);
+            (Some(guard), server, faye_redis)
+        }
+        _ => (
+            None,
+            FayeServer::redis_on(port, &t.url, &ns, 2.0, 60),
+            t.url.clone(),
+        ),
+    };
+    let mut faye_conn = redis::Client::open(faye_redis)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let came_up = Instant::now();
+    wait_for_async(20, "the bridge to subscribe once faye answers", || {
+        let members: Vec<String> = faye_conn.smembers(format!("{ns}/channels/late/*")).unwrap();
+        !members.is_empty()
+    })
+    .await;
+    eprintln!(
+        "faye over {transport} came up; the bridge subscribed {:?} later",
+        came_up.elapsed()
+    );
+    let events = NodeSubscriber::start(&server, &["/late-events/*"]).await;
+    node_publish(&server, "/late/x", json!(["fayelate", "after"])).await;
+    wait_for_async(10, "the bridged job to run", || {
+        counted(&mut t, "after") == Some(1)
+    })
+    .await;
+    let got = events.wait(2, "the bridged job's events").await;
+    assert_eq!(got[0]["data"]["event"], json!("started"));
+    assert_eq!(got[1]["data"]["event"], json!("succeeded"));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_starts_while_faye_redis_is_down_and_bridges_once_it_answers() {
+    faye_comes_up_after_the_worker("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_starts_while_the_faye_server_is_down_and_bridges_once_it_answers() {
+    faye_comes_up_after_the_worker("http").await;
+}
+
+/// A config file holding `[faye]` with `body`, removed on drop.
+struct FayeConfig(std::path::PathBuf);
+
+impl FayeConfig {
+    fn new(t: &Ns, name: &str, body: &str) -> FayeConfig {
+        let path = std::env::temp_dir().join(format!("{}-{name}.toml", t.ns));
+        std::fs::write(&path, format!("[faye]\n{body}\n")).unwrap();
+        FayeConfig(path)
+    }
+
+    /// `ah-worker --config <this> faye subscribe <patterns>`.
+    fn subscribe(&self, t: &Ns, patterns: &[&str]) -> Command {
+        let mut c = t.bin();
+        c.arg("--config")
+            .arg(&self.0)
+            .args(["faye", "subscribe"])
+            .args(patterns);
+        c
+    }
+}
+
+/// The JSON lines of a Faye server's `FAYE_LOG`; removes the file.
+fn read_log(log: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap();
+    let _ = std::fs::remove_file(log);
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// TERM `child` and wait (10 s at most) for its exit and output.
+async fn terminate(child: Child) -> std::process::Output {
+    signal(&child, "TERM");
+    tokio::task::spawn_blocking(move || wait_output(child, 10))
+        .await
+        .unwrap()
+}
+
+impl Drop for FayeConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The Faye clients subscribed to `channel` (a name or pattern) on `ns`.
+fn subscribers(t: &mut Ns, ns: &str, channel: &str) -> Vec<String> {
+    t.conn.smembers(format!("{ns}/channels{channel}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_faye_subscribe_cli_prints_what_a_node_client_publishes() {
+    let mut t = Ns::new("fayeclisub");
+    let ns = faye_ns(&t);
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    for (transport, body) in [
+        ("redis", format!("namespace = \"{ns}\"\ntimeout = 2")),
+        (
+            "http",
+            format!(
+                "transport = \"http\"\nurl = \"{}\"\ntimeout = 2",
+                server.url()
+            ),
+        ),
+    ] {
+        let config = FayeConfig::new(&t, transport, &body);
+        let mut child = config
+            .subscribe(&t, &["/cli/**", "/other"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let printed = json_lines(child.stdout.take().unwrap(), "ah-worker faye subscribe");
+        wait_for_async(10, "the cli to subscribe", || {
+            !subscribers(&mut t, &ns, "/cli/**").is_empty()
+                && !subscribers(&mut t, &ns, "/other").is_empty()
+        })
+        .await;
+        node_publish(&server, "/elsewhere", json!("not for us")).await;
+        node_publish(&server, "/cli/a/b", json!({"n": 1, "s": "é"})).await;
+        node_publish(&server, "/other", json!("text")).await;
+        wait_for_async(10, "two printed messages", || {
+            printed.lock().unwrap().len() >= 2
+        })
+        .await;
+        let out = terminate(child).await;
+        assert!(out.status.success(), "{transport}: {:?}", out.status);
+        assert_eq!(
+            *printed.lock().unwrap(),
+            [
+                json!({"channel": "/cli/a/b", "data": {"n": 1, "s": "é"}}),
+                json!({"channel": "/other", "data": "text"}),
+            ],
+            "{transport}"
+        );
+        // It left on TERM: no subscriber remains.
+        assert!(
+            subscribers(&mut t, &ns, "/cli/**").is_empty(),
+            "{transport}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_subscription_is_reported_once_and_retried_with_backoff() {
+    let mut t = Ns::new("fayerefused");
+    let ns = faye_ns(&t);
+    let log = std::env::temp_dir().join(format!("{}.subscribes", t.ns));
+    // actionHero's extension: no wildcard subscriptions.
+    let server = FayeServer::redis(&t.url, &ns, 2.0, 60).with_env(&[
+        ("FAYE_NO_WILDCARDS", "1"),
+        ("FAYE_LOG", &log.display().to_string()),
+    ]);
+    let config = FayeConfig::new(
+        &t,
+        "refused",
+        &format!(
+            "transport = \"http\"\nurl = \"{}\"\ntimeout = 2",
+            server.url()
+        ),
+    );
+    let child = config
+        .subscribe(&t, &["/plain", "/wild/*"])
+        .env("AH_WORKER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let window = Duration::from_secs(8);
+    tokio::time::sleep(window).await;
+    let out = terminate(child).await;
+    assert!(out.status.success(), "{:?}", out.status);
+    let seen = read_log(&log);
+    let refused = seen.iter().filter(|s| s["refused"] == json!(true)).count();
+    // Backoff from 0.1 s doubling: about 7 attempts in 8 s; a hot loop
+    // would make hundreds.
+    eprintln!("{refused} refused subscriptions in {window:?}");
+    assert!(
+        (3..=15).contains(&refused),
+        "{refused} refused subscriptions in {window:?}"
+    );
+    // Reported once for the whole streak, with the pattern and the
+    // server's reason.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["level"] == json!("WARN"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert_eq!(
+        warnings[0]["error"],
+        json!(
+            "faye refused the subscription to /wild/*: actionhero does not allow wildcard subscriptions"
+        )
+    );
+    // Each refused client was disconnected, not left for collection (one
+    // may be mid-attempt when TERM came).
+    let clients: usize = t.conn.zcard(format!("{ns}/clients")).unwrap();
+    assert!(clients <= 1, "{clients} clients left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_session_runs_on_its_socket_and_rebinds_after_a_server_restart() {
+    let t = Ns::new("fayews");
+    let ns = faye_ns(&t);
+    let log = std::env::temp_dir().join(format!("{}.meta", t.ns));
+    let mut server = FayeServer::redis(&t.url, &ns, 2.0, 60)
+        .with_env(&[("FAYE_LOG", &log.display().to_string())]);
+    let faye = Faye::connect(&http_settings_with(
+        &server,
+        Duration::from_secs(2),
+        Connection::WebSocket,
+    ))
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut sub = faye.subscribe(&patterns(&["/ws/*"]), &stop).unwrap();
+    let id = sub.ready().await.unwrap();
+    node_publish(&server, "/ws/before", json!(1)).await;
+    assert_eq!(next(&mut sub).await.data, json!(1));
+    // The socket breaks with the server; a new one is bound to the same
+    // client id, which faye-redis still knows, and gets what was queued.
+    server.restart();
+    node_publish(&server, "/ws/after", json!(2)).await;
+    let m = next(&mut sub).await;
+    assert_eq!((m.channel.as_str(), m.data), ("/ws/after", json!(2)));
+    assert_eq!(sub.client_id(), Some(id.clone()), "no new handshake");
+    sub.close().await;
+    // Our connects (the Node clients' are in the log too): on the socket,
+    // and again after the restart, with the same client id.
+    let ours: Vec<Value> = read_log(&log)
+        .into_iter()
+        .filter(|l| l["channel"] == json!("/meta/connect") && l["clientId"] == json!(id))
+        .collect();
+    assert!(ours.len() >= 2, "{ours:?}");
+    assert!(
+        ours.iter()
+            .all(|c| c["connectionType"] == json!("websocket")),
+        "{ours:?}"
     );
 }

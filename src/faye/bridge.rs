@@ -146,6 +146,7 @@ impl Faye {
         let span = tracing::info_span!("faye_events", channel = %channel);
         Some(tokio::spawn(
             async move {
+                let mut failed = FailedEvents::default();
                 loop {
                     // Cancel-safety: recv loses nothing when stop wins; the
                     // events still buffered are flushed below.
@@ -153,15 +154,11 @@ impl Faye {
                         _ = stop.cancelled() => break,
                         d = rx.recv() => match d { Some(d) => d, None => return },
                     };
-                    if let Err(e) = faye.publish(&channel, data).await {
-                        warn!(error = %e, "cannot publish a job event; dropped");
-                    }
+                    failed.record(faye.publish(&channel, data).await);
                 }
                 let flush = async {
                     while let Ok(data) = rx.try_recv() {
-                        if let Err(e) = faye.publish(&channel, data).await {
-                            warn!(error = %e, "cannot publish a job event; dropped");
-                        }
+                        failed.record(faye.publish(&channel, data).await);
                     }
                 };
                 if tokio::time::timeout(EVENT_FLUSH, flush).await.is_err() {
@@ -178,6 +175,35 @@ impl Faye {
             }
             .instrument(span),
         ))
+    }
+}
+
+/// Counts the job events lost to failed publishes (Faye away): the first
+/// of a streak and every 1000th are logged at warn, the end at info, so a
+/// long outage does not log once per job.
+#[derive(Debug, Default)]
+struct FailedEvents {
+    /// Events dropped since publishing last worked.
+    streak: u64,
+}
+
+impl FailedEvents {
+    fn record(&mut self, sent: Result<(), FayeError>) {
+        match sent {
+            Ok(()) => {
+                if self.streak > 0 {
+                    info!(dropped = self.streak, "faye job events publish again");
+                }
+                self.streak = 0;
+            }
+            Err(e) => {
+                self.streak += 1;
+                if self.streak == 1 || self.streak.is_multiple_of(1000) {
+                    warn!(error = %e, dropped = self.streak,
+                        "cannot publish faye job events; dropped (logged again every 1000)");
+                }
+            }
+        }
     }
 }
 

@@ -10,20 +10,27 @@
 //! reconnect and on a slow timer, and a new registration when ours was
 //! collected. Reference: faye.md §1–2.
 //!
+//! A long-running worker does not wait for that Redis: with
+//! [`Engine::connect_in_background`] a task keeps trying to connect (capped
+//! backoff, one warning per failure streak) while publishes fail at once
+//! with [`FayeError::Unavailable`] and subscribers wait for it.
+//!
 //! What this path skips: Faye's incoming server extensions (auth checks such
 //! as actionHero's serverToken) and the servers' `publish` event; outgoing
 //! extensions still run when a Faye server delivers to its clients.
 
 use std::time::Duration;
 
-use crate::connection::Target;
+use crate::connection::{Conn, Target};
 use futures_util::StreamExt as _;
 use redis::Script;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use super::keys::Keys;
 use super::message::{Message, client_id};
+use super::retry::Retry;
 use super::{FayeError, Feed, channel};
 
 /// How often we ping, as a fraction of the timeout T: faye-redis counts a
@@ -36,9 +43,8 @@ const PING_MAX: Duration = Duration::from_secs(20);
 /// Drain on this timer too: notifications are fire-and-forget, and one sent
 /// while our pub/sub connection was being re-established is never seen.
 const DRAIN_EVERY: Duration = Duration::from_secs(5);
-/// First and longest wait before reconnecting the pub/sub connection.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long the first connection to an unreachable host may take to fail.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch on this host's clock, as Faye's
 /// `new Date().getTime()`.
@@ -59,7 +65,8 @@ struct Scripts {
 #[derive(Clone)]
 pub struct Engine {
     target: Target,
-    conn: crate::connection::Conn,
+    /// The shared connection, `None` until Redis first answered.
+    conn: watch::Receiver<Option<Conn>>,
     keys: Keys,
     timeout: Duration,
     scripts: Scripts,
@@ -83,7 +90,37 @@ impl Engine {
         timeout: Duration,
     ) -> Result<Engine, FayeError> {
         let conn = target.connect().await?;
-        Ok(Engine {
+        Ok(Engine::new(
+            target,
+            watch::channel(Some(conn)).1,
+            namespace,
+            timeout,
+        ))
+    }
+
+    /// As [`Engine::connect`], but without waiting for Redis: a task
+    /// (stopped by `stop`) connects in the background, retrying with capped
+    /// backoff until Redis answers. Meanwhile publishes fail with
+    /// [`FayeError::Unavailable`] and subscriptions wait.
+    pub fn connect_in_background(
+        target: &Target,
+        namespace: &str,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) -> (Engine, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(None);
+        let span = tracing::info_span!("faye_redis_connect", namespace);
+        let task = tokio::spawn(keep_connecting(target.clone(), tx, stop).instrument(span));
+        (Engine::new(target, rx, namespace, timeout), task)
+    }
+
+    fn new(
+        target: &Target,
+        conn: watch::Receiver<Option<Conn>>,
+        namespace: &str,
+        timeout: Duration,
+    ) -> Engine {
+        Engine {
             target: target.clone(),
             conn,
             keys: Keys::new(namespace),
@@ -94,7 +131,21 @@ impl Engine {
                 ping: Script::new(include_str!("scripts/ping.lua")),
                 destroy: Script::new(include_str!("scripts/destroy.lua")),
             },
+        }
+    }
+
+    /// The shared connection, or [`FayeError::Unavailable`] while Redis has
+    /// not answered yet.
+    fn conn(&self) -> Result<Conn, FayeError> {
+        self.conn.borrow().clone().ok_or(FayeError::Unavailable {
+            what: "faye's redis",
         })
+    }
+
+    /// Wait until Redis first answered; `false` if it never will (the
+    /// connecting task was stopped first).
+    async fn connected(&self) -> bool {
+        self.conn.clone().wait_for(Option::is_some).await.is_ok()
     }
 
     /// The key names.
@@ -124,7 +175,7 @@ impl Engine {
             .arg(tail)
             .arg(self.keys.notify_messages())
             .arg(self.cutoff(now_ms()));
-        let n: usize = inv.invoke_async(&mut self.conn.clone()).await?;
+        let n: usize = inv.invoke_async(&mut self.conn()?).await?;
         Ok(n)
     }
 
@@ -142,7 +193,7 @@ impl Engine {
             for p in patterns {
                 inv.arg(p);
             }
-            let created: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+            let created: i64 = inv.invoke_async(&mut self.conn()?).await?;
             if created == 1 {
                 return Ok(id);
             }
@@ -159,7 +210,7 @@ impl Engine {
             .arg(id)
             .arg(now)
             .arg(self.cutoff(now))
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn()?)
             .await?;
         Ok(alive == 1)
     }
@@ -172,7 +223,7 @@ impl Engine {
             .lrange(&queue, 0, -1)
             .del(&queue)
             .ignore()
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn()?)
             .await?;
         Ok(raw)
     }
@@ -190,7 +241,7 @@ impl Engine {
         for p in patterns {
             inv.arg(p);
         }
-        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let _: i64 = inv.invoke_async(&mut self.conn()?).await?;
         Ok(())
     }
 
@@ -209,6 +260,54 @@ impl Engine {
     }
 }
 
+/// Connect to `target` until it answers (or `stop`), then hand the
+/// connection to every engine sharing `tx`'s receiver.
+async fn keep_connecting(target: Target, tx: watch::Sender<Option<Conn>>, stop: CancellationToken) {
+    let mut retry = Retry::new("connect to faye's redis");
+    loop {
+        // Cancel-safety: a stop abandons a connection attempt; nothing else
+        // is in flight, and publishes keep failing as before.
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => {
+                info!("stopped before faye's redis answered");
+                return;
+            }
+            a = connect_once(&target) => a,
+        };
+        match attempt {
+            Ok(conn) => {
+                retry.succeeded();
+                info!("connected to faye's redis");
+                tx.send_replace(Some(conn));
+                return;
+            }
+            Err(e) => {
+                if !retry.pause(&FayeError::from(e), &stop).await {
+                    info!("stopped before faye's redis answered");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One attempt at the shared connection. A single plain connection goes
+/// first: it fails at once when nothing listens, where the shared
+/// connection's own retries would take some 15 s to give up, and our
+/// backoff (with its one warning per streak) is the one that should pace
+/// the attempts.
+async fn connect_once(target: &Target) -> Result<Conn, redis::RedisError> {
+    let probe = redis::AsyncConnectionConfig::new().set_connection_timeout(PROBE_TIMEOUT);
+    drop(
+        target
+            .client()
+            .await?
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await?,
+    );
+    target.connect().await
+}
+
 /// The state of one subscribing engine client.
 struct EngineSubscriber {
     engine: Engine,
@@ -225,8 +324,17 @@ impl EngineSubscriber {
     /// Run until `stop`; leaves the registered id in `self.id` for the
     /// caller to destroy.
     async fn run(&mut self, stop: &CancellationToken) {
+        // Cancel-safety: only the wait for Redis is raced; nothing is
+        // registered yet.
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = self.engine.connected() => c,
+        };
+        if !connected {
+            return;
+        }
         let keys = self.engine.keys.clone();
-        let mut delay = RETRY_MIN;
+        let mut retry = Retry::new("faye engine: listen and register");
         loop {
             // Cancel-safety: a stop only abandons the connection attempt;
             // our client, if registered, is destroyed by the caller.
@@ -243,17 +351,13 @@ impl EngineSubscriber {
             let mut pubsub = match ready {
                 Ok(p) => p,
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?delay, "faye engine: cannot listen or register");
-                    // Cancel-safety: only a sleep is raced.
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !retry.pause(&e, stop).await {
+                        return;
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                     continue;
                 }
             };
-            delay = RETRY_MIN;
+            retry.succeeded();
             self.drain().await;
             let mut messages = pubsub.on_message();
             let start = tokio::time::Instant::now();

@@ -5,9 +5,10 @@
 //! handshake. Subscribing is a session: handshake, one `/meta/subscribe` per
 //! pattern, then messages either pushed down an event stream (`GET
 //! <mount>/<clientId>`, Faye's `eventsource` connection type) while
-//! `/meta/connect`s, answered at once, keep the client alive; or in the
-//! replies to `/meta/connect` long polls. Either way one connect is
-//! outstanding at a time (a second for the same client id would leave the
+//! `/meta/connect`s, answered at once, keep the client alive; or pushed as
+//! frames on a WebSocket ([`websocket`], where the whole session runs on
+//! the socket); or in the replies to `/meta/connect` long polls. Each way
+//! one connect is outstanding at a time (a second for the same client id would leave the
 //! first unanswered forever). A `401`, or advice `reconnect: "handshake"`,
 //! starts a new session and subscribes again; advice `"none"` stops. The
 //! configured `ext` goes on every message. Replies are matched by id **and**
@@ -31,8 +32,9 @@ use tracing::{error, info, warn};
 
 use super::message::{
     Advice, BAYEUX_VERSION, EVENTSOURCE, LONG_POLLING, Message, Reconnect, Reply, Request,
-    message_id,
+    WEBSOCKET, message_id,
 };
+use super::retry::{REFUSED_MAX, Retry, sleep_or_stop};
 use super::{FayeError, Feed};
 
 /// Limit of a request that the server answers at once (publish, handshake,
@@ -41,9 +43,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A held connect may take the server's timeout plus this (the Faye client
 /// allows 1.2 × the timeout; a fixed margin also covers small timeouts).
 const CONNECT_MARGIN: Duration = Duration::from_secs(5);
-/// First and longest wait before retrying after a failed request.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+
+mod websocket;
 
 /// How a Faye server sends us messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,9 @@ pub enum Connection {
     EventSource,
     /// In the replies to long polls.
     LongPolling,
+    /// Pushed as frames on a WebSocket (`ws://` to the mount), which also
+    /// carries the handshake, the subscriptions and the connects.
+    WebSocket,
 }
 
 /// A Faye server reached over HTTP.
@@ -171,22 +175,37 @@ impl Bayeux {
         }
     }
 
+    /// Send `requests` as one batch, over `socket` if the session has one,
+    /// else POSTed; the replies.
+    async fn exchange(
+        &self,
+        socket: &mut Option<websocket::Socket>,
+        requests: &[&Request<'_>],
+    ) -> Result<Vec<Reply>, FayeError> {
+        match socket {
+            None => self.post(&requests, REQUEST_TIMEOUT).await,
+            Some(socket) => websocket::exchange(socket, &self.url, requests).await,
+        }
+    }
+
     /// Handshake and subscribe to every pattern: a new session.
     async fn start_session(&self, patterns: &[String]) -> Result<Session, FayeError> {
         let id = message_id();
-        let offered: &[&str] = match self.connection {
-            Connection::EventSource => &[EVENTSOURCE, LONG_POLLING],
-            Connection::LongPolling => &[LONG_POLLING],
+        // With a WebSocket, the whole session runs on it.
+        let (offered, mut socket): (&[&str], _) = match self.connection {
+            Connection::EventSource => (&[EVENTSOURCE, LONG_POLLING], None),
+            Connection::LongPolling => (&[LONG_POLLING], None),
+            Connection::WebSocket => (&[WEBSOCKET], Some(websocket::open(&self.url).await?)),
         };
         let replies = self
-            .post(
-                &[Request::Handshake {
+            .exchange(
+                &mut socket,
+                &[&Request::Handshake {
                     version: BAYEUX_VERSION,
                     supported_connection_types: offered,
                     id: id.clone(),
                     ext: self.ext.as_ref(),
                 }],
-                REQUEST_TIMEOUT,
             )
             .await?;
         let reply = self.reply_to(&replies, &id)?;
@@ -219,17 +238,27 @@ impl Bayeux {
             })
             .collect();
         let body: Vec<&Request> = requests.iter().map(|(_, r)| r).collect();
-        let replies = self.post(&body, REQUEST_TIMEOUT).await?;
+        let replies = self.exchange(&mut socket, &body).await?;
         for ((id, _), pattern) in requests.iter().zip(patterns) {
             let reply = self.reply_to(&replies, id)?;
             if reply.successful != Some(true) {
-                return Err(Bayeux::refused(pattern, &reply, Reconnect::Handshake));
+                // The next attempt handshakes anew: this client id, with
+                // whatever subscriptions it got, would only wait for the
+                // server's collection.
+                if let Err(e) = self.disconnect(&client).await {
+                    tracing::debug!(client, error = %e, "cannot disconnect a refused client; the server collects it");
+                }
+                return Err(FayeError::SubscriptionRefused {
+                    pattern: pattern.clone(),
+                    error: reply.error.unwrap_or_else(|| "no reason given".into()),
+                });
             }
         }
         Ok(Session {
             client,
             advice,
             push,
+            socket,
         })
     }
 
@@ -251,7 +280,7 @@ impl Bayeux {
                     id: id.clone(),
                     ext: self.ext.as_ref(),
                 }],
-                hold + hold / 5 + CONNECT_MARGIN,
+                connect_limit(hold),
             )
             .await?;
         let reply = self.reply_to(&replies, &id)?;
@@ -287,7 +316,7 @@ impl Bayeux {
 
     /// Returns the client id to disconnect, if any.
     async fn session_loop(&self, feed: &Feed, stop: &CancellationToken) -> Option<String> {
-        let mut delay = RETRY_MIN;
+        let mut retry = Retry::new("faye handshake and subscribe");
         loop {
             // Cancel-safety: a handshake or subscribe cut short leaves at
             // most a client id the server collects after its timeout.
@@ -306,17 +335,27 @@ impl Bayeux {
                     return None;
                 }
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?delay, "faye handshake or subscribe failed");
-                    if !pause(stop, &mut delay).await {
+                    // A refusal (a server extension said no) is a policy
+                    // that stays until the server is redeployed: ask seldom.
+                    let wait = match e {
+                        FayeError::Refused { .. } | FayeError::SubscriptionRefused { .. } => {
+                            retry.failed_with_max(&e, REFUSED_MAX)
+                        }
+                        _ => retry.failed(&e),
+                    };
+                    if !sleep_or_stop(stop, wait).await {
                         return None;
                     }
                     continue;
                 }
             };
-            info!(client = %session.client, push = session.push, "faye client subscribed");
+            retry.succeeded();
+            info!(client = %session.client, push = session.push,
+                websocket = session.socket.is_some(), "faye client subscribed");
             feed.client(&session.client);
-            delay = RETRY_MIN;
-            let end = if session.push {
+            let end = if session.socket.is_some() {
+                self.socket_session(session, feed, stop).await
+            } else if session.push {
                 self.push_session(session, feed, stop).await
             } else {
                 self.poll_session(session, feed, stop).await
@@ -334,7 +373,7 @@ impl Bayeux {
         let Session {
             client, mut advice, ..
         } = session;
-        let mut delay = RETRY_MIN;
+        let mut retry = Retry::new("faye long-poll connect");
         loop {
             // Cancel-safety: a connect cut short by stop is dropped with its
             // HTTP connection; the server then forgets the held poll, and
@@ -349,17 +388,15 @@ impl Bayeux {
                     messages.into_iter().for_each(|m| feed.deliver(m));
                     match next_step(&reply, &mut advice, &client) {
                         Next::Again(wait) => {
-                            delay = RETRY_MIN;
+                            retry.succeeded();
                             wait
                         }
-                        Next::Retry => Some(backoff(&mut delay)),
+                        Next::Retry(error) => Some(retry.failed(&error)),
                         Next::End(end) => return end,
                     }
                 }
-                Err(e) => match connect_failed(e, &client, delay) {
-                    Some(end) => return end,
-                    None => Some(backoff(&mut delay)),
-                },
+                Err(e) if unknown_client(&e, &client) => return End::Handshake,
+                Err(e) => Some(retry.failed(&e)),
             };
             if let Some(wait) = wait
                 && !sleep_or_stop(stop, wait).await
@@ -379,7 +416,7 @@ impl Bayeux {
         let Session {
             client, mut advice, ..
         } = session;
-        let mut delay = RETRY_MIN;
+        let mut retry = Retry::new("faye event stream and connect");
         let mut stream: Option<reqwest::Response> = None;
         let mut events = EventStream::default();
         let mut next_connect = Instant::now();
@@ -405,8 +442,7 @@ impl Bayeux {
                         // poll it has already answered (the messages are
                         // lost). An unknown client id still gets a stream;
                         // its first connect then says 401.
-                        warn!(client, error = %e, retry_in = ?delay, "faye event stream: cannot open");
-                        if !pause(stop, &mut delay).await {
+                        if !retry.pause(&e, stop).await {
                             return End::Stop(Some(client));
                         }
                         continue;
@@ -420,7 +456,7 @@ impl Bayeux {
             // (at-most-once) and the disconnect follows.
             tokio::select! {
                 _ = stop.cancelled() => return End::Stop(Some(client)),
-                chunk = async { stream.as_mut().expect("opened above").chunk().await } => match chunk {
+                chunk = async { stream.as_mut().expect("opened above").chunk().await } => match chunk.map_err(|source| FayeError::Http { url: self.url.clone(), source }) {
                     Ok(Some(bytes)) => {
                         for batch in events.feed(&bytes) {
                             match serde_json::from_str::<Vec<Reply>>(&batch) {
@@ -432,10 +468,13 @@ impl Bayeux {
                             }
                         }
                     }
-                    Ok(None) | Err(_) => {
-                        warn!(client, retry_in = ?delay, "faye event stream closed; reopening");
+                    ended => {
                         stream = None;
-                        if !pause(stop, &mut delay).await {
+                        let closed = ended.err().unwrap_or_else(|| FayeError::Protocol {
+                            url: self.url.clone(),
+                            detail: "the event stream closed".into(),
+                        });
+                        if !retry.pause(&closed, stop).await {
                             return End::Stop(Some(client));
                         }
                     }
@@ -451,17 +490,15 @@ impl Bayeux {
                                 // us well inside its 1.6 × timeout liveness
                                 // window.
                                 Next::Again(interval) => {
-                                    delay = RETRY_MIN;
+                                    retry.succeeded();
                                     interval.unwrap_or(self.timeout).min(self.timeout) / 3
                                 }
-                                Next::Retry => backoff(&mut delay),
+                                Next::Retry(error) => retry.failed(&error),
                                 Next::End(end) => return end,
                             }
                         }
-                        Err(e) => match connect_failed(e, &client, delay) {
-                            Some(end) => return end,
-                            None => backoff(&mut delay),
-                        },
+                        Err(e) if unknown_client(&e, &client) => return End::Handshake,
+                        Err(e) => retry.failed(&e),
                     };
                     next_connect = Instant::now() + wait;
                 }
@@ -493,12 +530,13 @@ impl Bayeux {
     }
 }
 
-/// A session: our client id, the handshake's advice, and whether the server
-/// pushes over an event stream.
+/// A session: our client id, the handshake's advice, and how the server
+/// pushes: over an event stream, or on the socket the session began on.
 struct Session {
     client: String,
     advice: Advice,
     push: bool,
+    socket: Option<websocket::Socket>,
 }
 
 /// Why a session ended.
@@ -513,10 +551,17 @@ enum End {
 enum Next {
     /// Connect again, after this wait (none: at once).
     Again(Option<Duration>),
-    /// Connect again after the backoff delay.
-    Retry,
+    /// Connect again after the backoff delay: the server refused the
+    /// connect, but did not ask for a new handshake.
+    Retry(FayeError),
     /// The session ends.
     End(End),
+}
+
+/// How long to wait for the reply to a connect the server holds up to
+/// `hold`.
+fn connect_limit(hold: Duration) -> Duration {
+    hold + hold / 5 + CONNECT_MARGIN
 }
 
 /// Apply a connect reply's advice and say what comes next.
@@ -546,44 +591,21 @@ fn next_step(reply: &Reply, advice: &mut Advice, client: &str) -> Next {
             Next::End(End::Handshake)
         }
         Reconnect::Retry if !ok => {
-            warn!(client, error = ?reply.error, "faye connect refused; retrying");
-            Next::Retry
+            Next::Retry(Bayeux::refused("/meta/connect", reply, Reconnect::Retry))
         }
         Reconnect::Retry => Next::Again(advice.interval()),
     }
 }
 
-/// A connect that got no reply: HTTP 401 means handshake again; anything
-/// else is retried with the same client id after `delay`.
-fn connect_failed(e: FayeError, client: &str, delay: Duration) -> Option<End> {
-    if let FayeError::Status { status: 401, .. } = e {
+/// Whether a connect that got no reply failed with HTTP 401 (the server
+/// forgot the client: handshake again); anything else is retried with the
+/// same client id.
+fn unknown_client(e: &FayeError, client: &str) -> bool {
+    let unknown = matches!(e, FayeError::Status { status: 401, .. });
+    if unknown {
         warn!(client, "faye server: HTTP 401; handshaking again");
-        return Some(End::Handshake);
     }
-    warn!(client, error = %e, retry_in = ?delay, "faye connect failed");
-    None
-}
-
-/// The current backoff delay, doubling it for next time.
-fn backoff(delay: &mut Duration) -> Duration {
-    let now = *delay;
-    *delay = (*delay * 2).min(RETRY_MAX);
-    now
-}
-
-/// Sleep `wait` unless stopped; `false` when stopped.
-async fn sleep_or_stop(stop: &CancellationToken, wait: Duration) -> bool {
-    // Cancel-safety: only a sleep is raced; nothing is in flight.
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
-    }
-}
-
-/// Sleep the backoff `delay` (then double it) unless stopped; `false` when
-/// stopped.
-async fn pause(stop: &CancellationToken, delay: &mut Duration) -> bool {
-    sleep_or_stop(stop, backoff(delay)).await
+    unknown
 }
 
 /// Splits a `text/event-stream` body into the `data` of its events.
@@ -659,7 +681,9 @@ mod tests {
             Next::End(End::Handshake)
         ));
         let retry = r#"{"channel":"/meta/connect","successful":false,"error":"busy","advice":{"reconnect":"retry"},"id":"6"}"#;
-        assert!(matches!(step(retry, &mut Advice::default()), Next::Retry));
+        assert!(
+            matches!(step(retry, &mut Advice::default()), Next::Retry(e) if e.to_string().ends_with(": busy"))
+        );
     }
 
     #[test]

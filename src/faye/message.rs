@@ -21,6 +21,9 @@ pub const LONG_POLLING: &str = "long-polling";
 /// Connection type: messages pushed down a `text/event-stream` GET of
 /// `<mount>/<clientId>`; `/meta/connect` is answered at once.
 pub const EVENTSOURCE: &str = "eventsource";
+/// Connection type: messages pushed as frames on a WebSocket to the mount,
+/// bound to a client id by a `/meta/connect` carrying it.
+pub const WEBSOCKET: &str = "websocket";
 
 /// A message published on a channel, as Faye stores and delivers it.
 ///
@@ -207,7 +210,7 @@ pub enum Request<'a> {
         /// Our client id.
         #[serde(rename = "clientId")]
         client_id: &'a str,
-        /// [`LONG_POLLING`] or [`EVENTSOURCE`].
+        /// [`LONG_POLLING`], [`EVENTSOURCE`] or [`WEBSOCKET`].
         #[serde(rename = "connectionType")]
         connection_type: &'a str,
         /// Request id.
@@ -228,6 +231,18 @@ pub enum Request<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         ext: Option<&'a Value>,
     },
+}
+
+impl Request<'_> {
+    /// The request's id, which its reply carries.
+    pub fn id(&self) -> &str {
+        match self {
+            Request::Handshake { id, .. }
+            | Request::Subscribe { id, .. }
+            | Request::Connect { id, .. }
+            | Request::Disconnect { id, .. } => id,
+        }
+    }
 }
 
 /// 20 random bytes (160 bits) from the operating system.

@@ -6,8 +6,8 @@
 //!   Node Faye servers share (actionHero's setup): no Faye server needed,
 //!   but Faye's server extensions do not see what we publish;
 //! - [`http`]: a Bayeux client of a Faye server URL (messages pushed down
-//!   an event stream, or long polls), whose extensions (auth) see every
-//!   message.
+//!   an event stream or a WebSocket, or long polls), whose extensions
+//!   (auth) see every message.
 //!
 //! On top of either, a [`Faye`] handle publishes (handlers, plugins, the
 //! CLI, actionHero chat via [`Faye::say`]) and subscribes; [`bridge`] turns
@@ -18,8 +18,8 @@
 //! or after it was collected) are lost, and so are messages in a long-poll
 //! reply lost in transit. Reference: faye.md (faye 1.4.3, faye-redis 0.2.0).
 //!
-//! Not here: the WebSocket transport, Faye 0.8 / faye-redis 0.1 layouts,
-//! Redis Cluster (faye-redis does not support it).
+//! Not here: TLS to the Faye server (`https://`, `wss://`), Faye 0.8 /
+//! faye-redis 0.1 layouts, Redis Cluster (faye-redis does not support it).
 
 pub mod bridge;
 pub mod channel;
@@ -27,6 +27,7 @@ pub mod engine;
 pub mod http;
 pub mod keys;
 pub mod message;
+mod retry;
 pub mod settings;
 
 use std::sync::Arc;
@@ -63,6 +64,14 @@ pub enum FayeError {
         /// The transport error.
         source: reqwest::Error,
     },
+    /// The WebSocket to the server failed (connection, timeout, closed).
+    #[error("websocket to the faye server at {url} failed")]
+    WebSocket {
+        /// The socket's URL.
+        url: String,
+        /// The socket error.
+        source: tokio_tungstenite::tungstenite::Error,
+    },
     /// The server answered with an HTTP error status.
     #[error("faye server at {url} answered HTTP {status}: {body}")]
     Status {
@@ -83,6 +92,15 @@ pub enum FayeError {
         /// What its advice says to do next.
         reconnect: message::Reconnect,
     },
+    /// The server refused one of our subscriptions (`403`, or a server
+    /// extension's own reason, e.g. actionHero's refusal of wildcards).
+    #[error("faye refused the subscription to {pattern}: {error}")]
+    SubscriptionRefused {
+        /// The name or pattern.
+        pattern: String,
+        /// Faye's error string.
+        error: String,
+    },
     /// The server answered something Bayeux does not allow.
     #[error("unexpected answer from the faye server at {url}: {detail}")]
     Protocol {
@@ -90,6 +108,12 @@ pub enum FayeError {
         url: String,
         /// What was wrong.
         detail: String,
+    },
+    /// Faye has not answered since the worker started; a task keeps trying.
+    #[error("{what} has not answered yet; retrying in the background")]
+    Unavailable {
+        /// What we wait for ("faye's redis").
+        what: &'static str,
     },
     /// A setting needed for this call is missing.
     #[error("{0}")]
@@ -101,6 +125,20 @@ fn checked(name: &str, check: fn(&str) -> Result<(), channel::Invalid>) -> Resul
         channel: name.to_owned(),
         reason,
     })
+}
+
+/// The Redis of the redis transport.
+fn redis_target(
+    url: &str,
+    tls: &crate::connection::TlsFiles,
+) -> Result<crate::connection::Target, FayeError> {
+    crate::connection::Target::new(url, tls)
+        .map_err(|e| FayeError::NotConfigured(format!("[faye] redis: {e}")))
+}
+
+/// The Bayeux client of the http transport.
+fn bayeux(settings: &Settings, url: &str, connection: http::Connection) -> Result<Conn, FayeError> {
+    http::Bayeux::new(url, connection, settings.ext.clone(), settings.timeout).map(Conn::Http)
 }
 
 // One per process, behind an Arc: the size difference costs nothing.
@@ -125,33 +163,62 @@ pub struct Faye {
 }
 
 impl Faye {
-    /// Connect as `settings` say (the redis transport opens its connection
-    /// now; the http one on first use).
+    /// Connect as `settings` say, for a short-lived use such as the CLI: the
+    /// redis transport opens its connection now and fails if Redis does not
+    /// answer; the http one connects on first use.
     pub async fn connect(settings: &Settings) -> Result<Faye, FayeError> {
         let conn = match &settings.transport {
             Transport::Redis {
                 url,
                 tls,
                 namespace,
-            } => {
-                let target = crate::connection::Target::new(url, tls)
-                    .map_err(|e| FayeError::NotConfigured(format!("[faye] redis: {e}")))?;
-                Conn::Redis(engine::Engine::connect(&target, namespace, settings.timeout).await?)
-            }
-            Transport::Http { url, connection } => Conn::Http(http::Bayeux::new(
-                url,
-                *connection,
-                settings.ext.clone(),
-                settings.timeout,
-            )?),
+            } => Conn::Redis(
+                engine::Engine::connect(&redis_target(url, tls)?, namespace, settings.timeout)
+                    .await?,
+            ),
+            Transport::Http { url, connection } => bayeux(settings, url, *connection)?,
         };
-        Ok(Faye {
+        Ok(Faye::with(conn, settings))
+    }
+
+    /// Start Faye for a long-running worker: never waits for Faye and never
+    /// fails because it is unreachable (only on settings it cannot use).
+    /// The redis transport connects in the returned task, retrying with
+    /// capped backoff until `stop`; until then publishes fail with
+    /// [`FayeError::Unavailable`] and subscriptions wait. The http
+    /// transport needs no task: each subscription retries its handshake by
+    /// itself, and each publish is one request.
+    pub fn start(
+        settings: &Settings,
+        stop: &CancellationToken,
+    ) -> Result<(Faye, Option<tokio::task::JoinHandle<()>>), FayeError> {
+        let (conn, task) = match &settings.transport {
+            Transport::Redis {
+                url,
+                tls,
+                namespace,
+            } => {
+                let (engine, task) = engine::Engine::connect_in_background(
+                    &redis_target(url, tls)?,
+                    namespace,
+                    settings.timeout,
+                    stop.clone(),
+                );
+                (Conn::Redis(engine), Some(task))
+            }
+            Transport::Http { url, connection } => (bayeux(settings, url, *connection)?, None),
+        };
+        Ok((Faye::with(conn, settings), task))
+    }
+
+    fn with(conn: Conn, settings: &Settings) -> Faye {
+        Faye {
             inner: Arc::new(Inner {
                 conn,
                 chat: settings.chat.clone(),
                 events: settings.events.clone().map(bridge::EventSink::new),
             }),
-        })
+        }
     }
 
     /// Publish `data` on the concrete channel `channel` to every subscriber

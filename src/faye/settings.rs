@@ -6,7 +6,7 @@
 //! namespace = "faye:"            # redis: the faye-redis namespace
 //! # redis = "redis://..."        # redis: default the worker's Redis
 //! # url = "http://127.0.0.1:8080/faye"   # http: the Faye mount
-//! # connection = "eventsource"   # http: or "long-polling"
+//! # connection = "eventsource"   # http: or "long-polling", "websocket"
 //! timeout = "45s"                # the smallest `timeout` of the Faye servers
 //! # ext = { token = "secret" }   # http: sent on every message
 //! server_token = "change-me"     # actionHero's general.serverToken, for say
@@ -225,9 +225,10 @@ impl Settings {
                 let connection = match raw.connection.as_deref() {
                     None | Some("eventsource") => super::http::Connection::EventSource,
                     Some("long-polling") => super::http::Connection::LongPolling,
+                    Some("websocket") => super::http::Connection::WebSocket,
                     Some(other) => {
                         return Err(format!(
-                            "[faye] connection {other:?}: expected eventsource or long-polling"
+                            "[faye] connection {other:?}: expected eventsource, long-polling or websocket"
                         ));
                     }
                 };
@@ -399,6 +400,17 @@ args = "message"
         assert!(err("[faye]\ntransport = \"ws\"\n").contains("transport"));
         assert!(err("[faye]\ntransport = \"http\"\n").contains("needs url"));
         assert!(err("[faye]\ntimeout = \"soon\"\n").contains("timeout"));
+        let http = "[faye]\ntransport = \"http\"\nurl = \"http://h:1/faye\"\n";
+        assert!(err(&format!("{http}connection = \"ws\"\n")).contains("or websocket"));
+        assert_eq!(
+            parse(&format!("{http}connection = \"websocket\"\n"))
+                .unwrap()
+                .transport,
+            Transport::Http {
+                url: "http://h:1/faye".into(),
+                connection: crate::faye::http::Connection::WebSocket
+            }
+        );
         assert!(err("[faye]\nnamspace = \"x\"\n").contains("namspace"));
         assert!(
             err("[faye]\n[[faye.subscribe]]\nchannel = \"/a.b\"\nclass = \"X\"\n").contains("/a.b")

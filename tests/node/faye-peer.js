@@ -12,6 +12,12 @@
 //   FAYE_TOKEN  if set: the server refuses every message whose ext.token is
 //               not this value (error "403::token required"), and the
 //               clients put it in the ext of every message they send
+//   FAYE_NO_WILDCARDS  if set: the server refuses every /meta/subscribe to a
+//               pattern (one containing `*`) with actionHero's error text
+//               "actionhero does not allow wildcard subscriptions"
+//   FAYE_LOG    if set: the server appends one JSON line per /meta/subscribe
+//               and /meta/connect it receives to this file:
+//               {"channel","clientId","subscription"|"connectionType","refused":bool}
 //
 // Commands:
 //   server PORT NAMESPACE TIMEOUT_S [memory] [GC_S]
@@ -39,6 +45,7 @@
 // On error a message goes to stderr and the exit status is non-zero.
 "use strict";
 
+const fs = require("fs");
 const http = require("http");
 const faye = require("faye");
 
@@ -86,6 +93,22 @@ function server(args) {
     options.engine = engine;
   }
   const bayeux = new faye.NodeAdapter(options);
+  const noWildcards = Boolean(process.env.FAYE_NO_WILDCARDS);
+  const log = process.env.FAYE_LOG;
+  if (noWildcards || log) {
+    bayeux.addExtension({
+      incoming(message, callback) {
+        const subscribe = message.channel === "/meta/subscribe";
+        const refused = subscribe && noWildcards && String(message.subscription).includes("*");
+        if (refused) message.error = "actionhero does not allow wildcard subscriptions";
+        if (log && (subscribe || message.channel === "/meta/connect")) {
+          const { channel, clientId, subscription, connectionType } = message;
+          fs.appendFileSync(log, JSON.stringify({ channel, clientId, subscription, connectionType, refused }) + "\n");
+        }
+        callback(message);
+      },
+    });
+  }
   const token = process.env.FAYE_TOKEN;
   if (token) {
     bayeux.addExtension({

@@ -24,6 +24,8 @@ Classes handled here (declared as "Py::*" in plugin.toml):
                  (and a delay of args[3] seconds, if given)
     Py::Publish  publishes args[1] on the Faye channel args[0] (the worker
                  needs a [faye] section)
+    Py::Say      says args[1] in the actionHero chat room args[0] (the
+                 worker's [faye] section needs server_token)
     Py::Crash    the whole process exits with status 3, answering nothing
 
 Try it by hand:
@@ -161,18 +163,29 @@ def enqueue(job):
     params = {"class": args[0], "queue": args[1], "args": args[2]}
     if len(args) > 3:
         params["in"] = args[3]  # seconds, or a duration such as "90s"
-    reply = calls.call("enqueue", params, job["id"])
-    if not reply.get("ok"):
-        raise RuntimeError(reply.get("error") or "enqueue failed")
+    call_or_fail("enqueue", params, job)
 
 
 def publish(job):
     args = job.get("args") or []
     if len(args) < 2:
         raise ArgumentError("expected [channel, data]")
-    reply = calls.call("faye.publish", {"channel": args[0], "data": args[1]}, job["id"])
+    call_or_fail("faye.publish", {"channel": args[0], "data": args[1]}, job)
+
+
+def say(job):
+    args = job.get("args") or []
+    if len(args) < 2:
+        raise ArgumentError("expected [room, message]")
+    call_or_fail("faye.say", {"room": args[0], "message": args[1]}, job)
+
+
+def call_or_fail(method, params, job):
+    """Call the worker for `job`; a refusal fails the job with its error."""
+    reply = calls.call(method, params, job["id"])
     if not reply.get("ok"):
-        raise RuntimeError(reply.get("error") or "faye.publish failed")
+        raise RuntimeError(reply.get("error") or method + " failed")
+    return reply.get("result")
 
 
 def crash(job):
@@ -188,6 +201,7 @@ HANDLERS = {
     "Py::Sleep": sleep,
     "Py::Enqueue": enqueue,
     "Py::Publish": publish,
+    "Py::Say": say,
     "Py::Crash": crash,
 }
 
