@@ -307,10 +307,13 @@ fn acl_user_password_and_database_index() {
 /// each time: sentinels kill client connections of the servers they
 /// reconfigure.
 fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
-    let info: String = redis::cmd("INFO")
-        .arg(section)
-        .query(&mut connect(port))
+    // A sentinel reconfiguring the server may reset the connection: the
+    // caller asks again.
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
+        .ok()?
+        .get_connection()
         .ok()?;
+    let info: String = redis::cmd("INFO").arg(section).query(&mut conn).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .map(|v| v.trim().to_owned())
