@@ -7,8 +7,10 @@
 //! `signal`, `slots`, `performed`, `put_back`.
 //!
 //! Spans: `runner` (the process's slots), `heartbeat`, `waiter{queue}`,
-//! `systemd`, `reload`, `metrics{addr}`, and at debug level `job{worker}`
-//! and `request{peer}`.
+//! `scheduler`, `stats`, `coprocess`, `systemd`, `reload`, `metrics{addr}`,
+//! `faye_redis_connect`, `faye_subscription`, `faye_bridge`, `faye_events`,
+//! `cluster{processes}` and its `child{slot, pid}`, and at debug level
+//! `job{worker}` and `request{peer}`.
 
 use tracing_subscriber::EnvFilter;
 
