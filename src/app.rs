@@ -134,7 +134,7 @@ pub fn main(registry: Registry) -> ExitCode {
         }
     }
 }
-use crate::resque::{ProcessId, Store};
+use crate::resque::Store;
 use crate::shutdown::{Control, StopReason, StopReport};
 use crate::vitals::{Phase, Vitals};
 use crate::worker::{QueueSpec, Recoverer, Runner};
@@ -296,18 +296,8 @@ async fn run_generation(
     let registry = Arc::new(registry);
     let queues = QueueSpec::new(&config.queues);
     vitals.set_queues(store.clone(), queues.clone());
-    let me = ProcessId {
-        host: config.host_name.clone().unwrap_or_else(hostname),
-        pid: std::process::id(),
-    };
-    let slots = me.slots(config.concurrency, &queues.id_part());
-    let recoverer = Recoverer {
-        store: store.clone(),
-        me,
-        dead_after: config.dead_after,
-        jobs: config.dead_worker_jobs,
-        max_recoveries: config.max_recoveries,
-    };
+    let recoverer = Recoverer::for_config(store.clone(), config);
+    let slots = recoverer.me.slots(config.concurrency, &queues.id_part());
     let mut services = Services::new(store.clone(), Arc::new(config.policies.clone()));
     let mut background = Vec::new();
     let stop_background = tokio_util::sync::CancellationToken::new();
@@ -357,11 +347,7 @@ async fn run_generation(
         let stop = tokio_util::sync::CancellationToken::new();
         let task = crate::scheduler::Scheduler {
             store: store.clone(),
-            name: format!(
-                "{}:{}",
-                config.host_name.clone().unwrap_or_else(hostname),
-                std::process::id()
-            ),
+            name: config.process().field(),
             lock_ttl: config.scheduler_lock_ttl,
             schedules: config.schedules.clone(),
             chains: config
@@ -442,9 +428,10 @@ fn due_time(at: Option<&str>, delay: Option<&str>) -> Result<Option<i64>, String
 
 /// actionHero's state with the configured (or seed-era default) layout.
 async fn actionhero_state(config: &Config) -> anyhow::Result<crate::actionhero::ActionHero> {
-    let settings = config.actionhero.clone().unwrap_or_else(|| {
-        crate::actionhero::Settings::seed(&config.host_name.clone().unwrap_or_else(hostname))
-    });
+    let settings = config
+        .actionhero
+        .clone()
+        .unwrap_or_else(|| crate::actionhero::Settings::seed(&config.process().host));
     let store = connect(config).await?;
     Ok(crate::actionhero::ActionHero::new(
         store.connection(),
@@ -538,7 +525,7 @@ async fn faye_handle(config: &Config) -> anyhow::Result<crate::faye::Faye> {
         crate::faye::Settings::defaults(
             &config.redis_url,
             &config.redis_tls,
-            &config.host_name.clone().unwrap_or_else(hostname),
+            &config.process().host,
         )
     });
     crate::faye::Faye::connect(&settings)

@@ -224,6 +224,17 @@ struct Raw {
 }
 
 impl Config {
+    /// This process as its worker ids name it: `host_name` (else the
+    /// kernel's host name) and the pid.
+    pub fn process(&self) -> crate::resque::ProcessId {
+        crate::resque::ProcessId {
+            host: self.host_name.clone().unwrap_or_else(crate::app::hostname),
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl Config {
     /// Resolve flags, the process environment and the config file.
     pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
         Config::resolve(args, &|name| std::env::var(name).ok())

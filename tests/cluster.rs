@@ -7,8 +7,7 @@ use std::process::{Child, Stdio};
 
 use redis::Commands;
 
-use crate::ops::NotifySocket;
-use crate::util::{Ns, signal, wait_for, wait_output};
+use crate::util::{NotifySocket, Ns, signal, wait_for, wait_output};
 
 fn count_job(i: usize, secs: f64) -> Vec<u8> {
     format!(r#"{{"class":"AhWorker::Count","args":["counts","j{i}",{secs}]}}"#).into_bytes()

@@ -1,110 +1,12 @@
 //! Operations: systemd's notify protocol on a test `NOTIFY_SOCKET`, and the
 //! unit files checked by `systemd-analyze verify`.
 
-use std::os::linux::net::SocketAddrExt as _;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use crate::util::{Ns, root, signal, wait_output};
-
-/// A notify socket the tests bind, as systemd does, and every message it
-/// received.
-pub(crate) struct NotifySocket {
-    sock: UnixDatagram,
-    /// The `NOTIFY_SOCKET` value.
-    pub(crate) target: String,
-    path: Option<PathBuf>,
-    pub(crate) seen: Vec<String>,
-}
-
-impl NotifySocket {
-    /// A socket at a path in the temp directory.
-    pub(crate) fn path(test: &str) -> NotifySocket {
-        let path = std::env::temp_dir().join(format!(
-            "ah-worker-notify-{}-{test}.sock",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&path);
-        let sock = UnixDatagram::bind(&path).unwrap();
-        NotifySocket::with(sock, path.display().to_string(), Some(path))
-    }
-
-    /// A socket with an abstract name (`@name`).
-    pub(crate) fn abstract_name(test: &str) -> NotifySocket {
-        let name = format!("ah-worker-notify-{}-{test}", std::process::id());
-        let sock =
-            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
-                .unwrap();
-        NotifySocket::with(sock, format!("@{name}"), None)
-    }
-
-    fn with(sock: UnixDatagram, target: String, path: Option<PathBuf>) -> NotifySocket {
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        NotifySocket {
-            sock,
-            target,
-            path,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next message, if one comes within 100 ms.
-    pub(crate) fn next(&mut self) -> Option<String> {
-        let mut buf = [0u8; 4096];
-        let n = self.sock.recv(&mut buf).ok()?;
-        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        self.seen.push(msg.clone());
-        Some(msg)
-    }
-
-    /// Wait up to `secs` for a message with a line for which `want` holds;
-    /// returns that message.
-    pub(crate) fn wait(&mut self, secs: u64, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if let Some(msg) = self.next()
-                && msg.lines().any(&want)
-            {
-                return msg;
-            }
-        }
-        panic!(
-            "no {what} within {secs}s; received: {:?}",
-            self.seen_lines()
-        );
-    }
-
-    /// Collect messages for `d`.
-    pub(crate) fn collect(&mut self, d: Duration) -> Vec<String> {
-        let deadline = Instant::now() + d;
-        let mut got = Vec::new();
-        while Instant::now() < deadline {
-            got.extend(self.next());
-        }
-        got
-    }
-
-    pub(crate) fn seen_lines(&self) -> Vec<&str> {
-        self.seen.iter().flat_map(|m| m.lines()).collect()
-    }
-
-    pub(crate) fn count(&self, line: &str) -> usize {
-        self.seen_lines().iter().filter(|l| **l == line).count()
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
+use crate::util::{ConfigFile, NotifySocket, Ns, root, signal, wait_output};
 
 /// Start the worker with `env` and `args`, its output captured.
 fn start(t: &Ns, env: &[(&str, &str)], args: &[&str]) -> Child {
@@ -288,38 +190,6 @@ fn systemd_units_pass_systemd_analyze_verify() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A config file the test rewrites between reloads.
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(test: &str, text: &str) -> ConfigFile {
-        let path = std::env::temp_dir().join(format!(
-            "ah-worker-reload-{}-{test}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&path, text).unwrap();
-        ConfigFile(path)
-    }
-
-    /// Replace the file at once, as careful deploy tools do: a reload never
-    /// reads half a file.
-    fn write(&self, text: &str) {
-        let tmp = self.0.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.0).unwrap();
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 fn worker_ids(t: &mut Ns) -> Vec<String> {

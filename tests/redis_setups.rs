@@ -2,29 +2,11 @@
 //! certificates), an ACL user and a database index, and a Sentinel-managed
 //! master that fails over in the middle of a run without losing a job.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::util::{self, Ns, free_port, start_redis, start_sentinel, wait_for};
-
-/// A scratch directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ah-worker-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::util::{self, Ns, TempDir, free_port, start_redis, start_sentinel, wait_for};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")

@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::cli::{Command, FailedAction, Output, WorkersAction};
 use crate::config::Config;
 use crate::resque::admin::parse_time;
-use crate::resque::{ProcessId, Store};
+
 use crate::worker::Recoverer;
 
 /// Whether `command` is one of the admin commands.
@@ -47,7 +47,15 @@ pub fn is_admin(command: &Command) -> bool {
 /// `ah-worker status`.
 pub async fn status(config: &Config, output: Output) -> anyhow::Result<()> {
     let store = crate::app::connect(config).await?;
-    quiet_on_closed_pipe(status::run(&store, config, &recoverer(&store, config), output).await)
+    quiet_on_closed_pipe(
+        status::run(
+            &store,
+            config,
+            &Recoverer::for_config(store.clone(), config),
+            output,
+        )
+        .await,
+    )
 }
 
 /// `ah-worker failed ...`.
@@ -63,7 +71,7 @@ pub async fn workers(
     output: Output,
 ) -> anyhow::Result<()> {
     let store = crate::app::connect(config).await?;
-    let recoverer = recoverer(&store, config);
+    let recoverer = Recoverer::for_config(store.clone(), config);
     quiet_on_closed_pipe(match action.unwrap_or(WorkersAction::List) {
         WorkersAction::List => workers::list(&store, &recoverer, output).await,
         WorkersAction::Prune => workers::prune(&store, &recoverer, output).await,
@@ -80,24 +88,6 @@ fn quiet_on_closed_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
             Ok(())
         }
         other => other,
-    }
-}
-
-/// The recovery settings a worker with this configuration would use, on
-/// behalf of this (short-lived) process.
-fn recoverer(store: &Store, config: &Config) -> Recoverer {
-    Recoverer {
-        store: store.clone(),
-        me: ProcessId {
-            host: config
-                .host_name
-                .clone()
-                .unwrap_or_else(crate::app::hostname),
-            pid: std::process::id(),
-        },
-        dead_after: config.dead_after,
-        jobs: config.dead_worker_jobs,
-        max_recoveries: config.max_recoveries,
     }
 }
 

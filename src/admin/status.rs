@@ -89,7 +89,7 @@ pub(super) async fn run(
     let served = QueueSpec::new(&config.queues).resolve(&known);
     let mut names = served.clone();
     names.extend(known.into_iter().filter(|q| !served.contains(q)));
-    let depths = store.queue_depths(&names).await?;
+    let depths = store.queue_lengths(&names).await?;
     let queues: Vec<QueueView> = names
         .into_iter()
         .zip(depths)

@@ -335,16 +335,6 @@ pub struct FailedTarget {
 }
 
 impl Store {
-    /// `LLEN queue:<name>` of each queue.
-    pub async fn queue_depths(&self, names: &[String]) -> Result<Vec<u64>> {
-        let mut pipe = redis::pipe();
-        for name in names {
-            pipe.llen(self.keys().queue(name));
-        }
-        let mut conn = self.connection();
-        Ok(pipe.query_async(&mut conn).await?)
-    }
-
     /// `stat:processed` and `stat:failed` (0 when absent).
     pub async fn counters(&self) -> Result<(i64, i64)> {
         let mut conn = self.connection();

@@ -63,6 +63,17 @@ pub struct Recoverer {
 }
 
 impl Recoverer {
+    /// The recovery settings of `config`, on behalf of this process.
+    pub fn for_config(store: Store, config: &crate::config::Config) -> Recoverer {
+        Recoverer {
+            store,
+            me: config.process(),
+            dead_after: config.dead_after,
+            jobs: config.dead_worker_jobs,
+            max_recoveries: config.max_recoveries,
+        }
+    }
+
     /// Find dead processes and recover their slots. Returns how many jobs
     /// were put back or failed. At start-up (`starting`), an entry under this
     /// very `host:pid` is a dead earlier process (pid reused, as in
