@@ -250,6 +250,9 @@ async fn run_lives(
             return Ok(report);
         }
         start_paused = vitals.paused();
+        // Starting the next life (plugin processes, registration) is
+        // progress too: the watchdog must not take it for a wedged loop.
+        vitals.pulse.beat(crate::connection::RESPONSE_TIMEOUT * 2);
         let next = relay.take().unwrap_or_else(|| current.clone());
         registry = match with_plugins(natives, &next).await {
             Ok(registry) => {
@@ -596,7 +599,7 @@ async fn connect_retrying(
     control: &mut mpsc::UnboundedReceiver<Control>,
     paused: &mut bool,
 ) -> anyhow::Result<Store> {
-    let mut delay = std::time::Duration::from_millis(100);
+    let mut backoff = crate::backoff::Backoff::new();
     loop {
         // Cancel-safety: a connection attempt cut short by a stop is dropped;
         // nothing runs yet.
@@ -612,9 +615,10 @@ async fn connect_retrying(
         match attempt {
             Ok(store) => return Ok(store),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "waiting for redis")
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff.peek(), "waiting for redis")
             }
         }
+        let delay = backoff.failed();
         // Cancel-safety: nothing runs yet; a stop just ends the wait.
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -624,7 +628,6 @@ async fn connect_retrying(
                 }
             }
         }
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
 }
 

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`admin`] — the admin commands: status, failed jobs, workers.
 //! - [`actionhero`] — actionHero's shared cache, stats and chat rooms.
+//! - [`backoff`] — the one retry rhythm: 100 ms doubling to a cap.
 //! - [`cli`] — command-line flags.
 //! - [`cluster`] — `ah-worker cluster`: a supervisor of N worker processes.
 //! - [`config`] — flags, environment and config file merged into one validated [`config::Config`].
@@ -37,6 +38,7 @@
 pub mod actionhero;
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod config;

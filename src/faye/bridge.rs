@@ -30,8 +30,6 @@ const EVENT_FLUSH: Duration = Duration::from_secs(2);
 /// A failed enqueue (Redis away) is retried with backoff this long before
 /// the message is given up (Faye itself is at-most-once).
 const ENQUEUE_RETRY_FOR: Duration = Duration::from_secs(60);
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What happened to a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,7 +261,7 @@ pub fn spawn_bridge(
 async fn enqueue(services: &Services, rule: &Rule, message: &Message, stop: &CancellationToken) {
     let args = job_args(rule, message);
     let deadline = tokio::time::Instant::now() + ENQUEUE_RETRY_FOR;
-    let mut delay = RETRY_MIN;
+    let mut backoff = crate::backoff::Backoff::new();
     loop {
         match services
             .enqueue(&rule.class, &rule.queue, args.clone(), None)
@@ -278,6 +276,7 @@ async fn enqueue(services: &Services, rule: &Rule, message: &Message, stop: &Can
                 return;
             }
             Err(e) if tokio::time::Instant::now() < deadline && !stop.is_cancelled() => {
+                let delay = backoff.failed();
                 warn!(error = %e, retry_in = ?delay, class = %rule.class, "cannot enqueue a faye message; retrying");
                 // Cancel-safety: only a sleep is raced; a stop gives the
                 // message one last attempt.
@@ -285,7 +284,6 @@ async fn enqueue(services: &Services, rule: &Rule, message: &Message, stop: &Can
                     _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(RETRY_MAX);
             }
             Err(e) => {
                 warn!(error = %e, channel = %message.channel, class = %rule.class, "faye message dropped: cannot enqueue it");

@@ -17,12 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::FayeError;
+use crate::backoff::Backoff;
 
-/// The wait after the first failure of a streak.
-pub(super) const RETRY_MIN: Duration = Duration::from_millis(100);
-/// The longest wait between attempts: Faye is back within this of answering
-/// again, and an unreachable one costs an attempt at this rate at most.
-pub(super) const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The longest wait after a refusal (a server extension said no, e.g. to a
 /// wildcard subscription): a refusal is a policy that changes with a
 /// redeploy, not within seconds, so asking often only adds load.
@@ -33,8 +29,8 @@ pub(super) const REFUSED_MAX: Duration = Duration::from_secs(30);
 pub(super) struct Retry {
     /// What is attempted, for the log ("faye handshake and subscribe").
     what: &'static str,
-    /// The wait before the next attempt after a failure.
-    delay: Duration,
+    /// The waits between attempts ([`crate::backoff`]).
+    backoff: Backoff,
     /// Failed attempts in the current streak.
     failures: u32,
 }
@@ -44,7 +40,7 @@ impl Retry {
     pub(super) fn new(what: &'static str) -> Retry {
         Retry {
             what,
-            delay: RETRY_MIN,
+            backoff: Backoff::new(),
             failures: 0,
         }
     }
@@ -60,8 +56,7 @@ impl Retry {
     /// doubling the wait up to `max`.
     pub(super) fn failed_with_max(&mut self, error: &FayeError, max: Duration) -> Duration {
         self.failures += 1;
-        let wait = self.delay.min(max);
-        self.delay = (self.delay * 2).min(max);
+        let wait = self.backoff.failed_up_to(max);
         let error = chain(error);
         if self.failures == 1 {
             warn!(what = self.what, error, retry_in = ?wait,
@@ -73,13 +68,13 @@ impl Retry {
         wait
     }
 
-    /// [`Retry::failed_with_max`] with the usual cap, [`RETRY_MAX`].
+    /// [`Retry::failed_with_max`] with the usual cap, [`crate::backoff::MAX`].
     pub(super) fn failed(&mut self, error: &FayeError) -> Duration {
-        self.failed_with_max(error, RETRY_MAX)
+        self.failed_with_max(error, crate::backoff::MAX)
     }
 
     /// An attempt succeeded: the streak, if any, ends (logged at info) and
-    /// the next failure waits [`RETRY_MIN`] again.
+    /// the next failure waits [`crate::backoff::MIN`] again.
     pub(super) fn succeeded(&mut self) {
         if self.failures > 0 {
             info!(
@@ -89,7 +84,7 @@ impl Retry {
             );
         }
         self.failures = 0;
-        self.delay = RETRY_MIN;
+        self.backoff.succeeded();
     }
 
     /// Record the failure and sleep its wait unless stopped; `false` when
@@ -140,7 +135,7 @@ mod tests {
         assert_eq!(r.failures(), 8);
         r.succeeded();
         assert_eq!(r.failures(), 0);
-        assert_eq!(r.failed(&down), RETRY_MIN);
+        assert_eq!(r.failed(&down), crate::backoff::MIN);
         let refused: Vec<u64> = (0..10)
             .map(|_| r.failed_with_max(&down, REFUSED_MAX).as_secs())
             .collect();

@@ -26,6 +26,7 @@ use super::queues::QueueSpec;
 use super::recovery::Recoverer;
 use super::wake::Waiters;
 use super::{Outcome, UnknownClass, execute};
+use crate::backoff::Backoff;
 use crate::connection::RESPONSE_TIMEOUT;
 use crate::error::Result;
 use crate::handler::{JobContext, JobError, Registry, Services};
@@ -47,9 +48,6 @@ const QUEUE_REFRESH: Duration = Duration::from_secs(1);
 /// of other classes may be waiting behind its jobs, and a blocking wait
 /// would wake at once on those.
 const LIMITED_POLL: Duration = Duration::from_millis(100);
-/// First and longest wait before retrying a failed step (Redis away).
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Everything a worker process needs to run its slots.
 #[derive(Debug)]
@@ -224,9 +222,9 @@ impl Runner {
         control: &mut mpsc::UnboundedReceiver<Control>,
         paused: &mut bool,
     ) -> Result<chrono::DateTime<Utc>> {
-        let mut delay = RETRY_MIN;
+        let mut backoff = Backoff::new();
         loop {
-            self.vitals.pulse.beat(RESPONSE_TIMEOUT + delay);
+            self.vitals.pulse.beat(RESPONSE_TIMEOUT + backoff.peek());
             match self.store.redis_time().await {
                 Ok(now) => {
                     self.vitals.redis_ok();
@@ -234,9 +232,10 @@ impl Runner {
                 }
                 Err(e) => {
                     self.vitals.redis_failed("redis is not answering", &e);
-                    warn!(error = %e, retry_in = ?delay, "redis is not answering")
+                    warn!(error = %e, retry_in = ?backoff.peek(), "redis is not answering")
                 }
             }
+            let delay = backoff.failed();
             // Cancel-safety: nothing is taken yet; a stop just ends the wait.
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -246,7 +245,6 @@ impl Runner {
                     }
                 }
             }
-            delay = (delay * 2).min(RETRY_MAX);
         }
     }
 
@@ -298,7 +296,7 @@ impl Runner {
         // Per-slot successes not yet written, and when they were last written.
         let mut successes: Vec<u64> = vec![0; self.slots.len()];
         let mut counted_at = Instant::now();
-        let mut backoff = RETRY_MIN;
+        let mut backoff = Backoff::new();
         // Turns the loop when nothing else does, so an idle or draining
         // worker still shows it is alive (see `Vitals::pulse`).
         let mut pulse = tokio::time::interval(self.vitals.pulse_every);
@@ -322,7 +320,7 @@ impl Runner {
                         // The acks stay pending and are retried: an ack that
                         // did land is fenced and not recorded twice. Jobs the
                         // step may have taken are found by `reconcile`.
-                        warn!(error = %e, pending_acks = plan.acks.len(), retry_in = ?backoff, "redis step failed");
+                        warn!(error = %e, pending_acks = plan.acks.len(), retry_in = ?backoff.peek(), "redis step failed");
                         for &i in &plan.take {
                             slots[i] = Slot::Free;
                         }
@@ -332,8 +330,7 @@ impl Runner {
                         for (i, n) in plan.counts {
                             successes[i] += n;
                         }
-                        retry_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        retry_at = Some(Instant::now() + backoff.failed());
                         reconcile = true;
                     }
                     Ok(reply) => {
@@ -341,7 +338,7 @@ impl Runner {
                         self.vitals
                             .add_done(reply.applied.iter().filter(|a| **a).count() as u64);
                         retry_at = None;
-                        backoff = RETRY_MIN;
+                        backoff.succeeded();
                         for ((i, ack), applied) in plan.acks.iter().zip(&reply.applied) {
                             if *applied {
                                 performed += 1;
@@ -475,8 +472,7 @@ impl Runner {
                     Err(e) => {
                         self.vitals.redis_failed("cannot read the status keys", &e);
                         warn!(error = %e, "cannot read the status keys");
-                        retry_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        retry_at = Some(Instant::now() + backoff.failed());
                     }
                 }
                 continue;
@@ -516,8 +512,7 @@ impl Runner {
                         Err(e) => {
                             self.vitals.redis_failed("cannot read the queue list", &e);
                             warn!(error = %e, "cannot read the queue list");
-                            retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(RETRY_MAX);
+                            retry_at = Some(Instant::now() + backoff.failed());
                             continue;
                         }
                     }
