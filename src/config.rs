@@ -83,9 +83,10 @@ pub enum ConfigError {
     /// A plugin declaration is broken.
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    /// A recurring schedule or class policy is invalid.
+    /// A section of the file is invalid: a recurring schedule, a class
+    /// policy, `[actionhero]` or `[faye]` (the message names it).
     #[error("{0}")]
-    Schedule(String),
+    Section(String),
     /// The plugin directory cannot be read.
     #[error("cannot read plugin directory {path}: {source}")]
     PluginDir {
@@ -599,9 +600,9 @@ impl Config {
         let mut schedules: Vec<crate::scheduler::Schedule> = Vec::new();
         for table in file.schedules {
             let s = crate::scheduler::Schedule::from_toml(table, &file_name)
-                .map_err(ConfigError::Schedule)?;
+                .map_err(ConfigError::Section)?;
             if schedules.iter().any(|o| o.name == s.name) {
-                return Err(ConfigError::Schedule(format!(
+                return Err(ConfigError::Section(format!(
                     "schedule {:?} is declared twice in {file_name}",
                     s.name
                 )));
@@ -613,7 +614,7 @@ impl Config {
         for table in file.classes {
             policies.push(
                 crate::worker::policy::ClassPolicy::from_toml(table, &file_name)
-                    .map_err(ConfigError::Schedule)?,
+                    .map_err(ConfigError::Section)?,
             );
         }
         let policies = crate::worker::policy::Policies(policies);
@@ -623,7 +624,7 @@ impl Config {
             None => None,
             Some(v) => Some(
                 crate::actionhero::Settings::from_toml(v, &server_id)
-                    .map_err(ConfigError::Schedule)?,
+                    .map_err(ConfigError::Section)?,
             ),
         };
         let faye = match file.faye {
@@ -632,7 +633,7 @@ impl Config {
                 let id = actionhero.as_ref().map_or(&server_id, |a| &a.server_id);
                 Some(
                     crate::faye::Settings::from_toml(v, &redis_url, &tls, id)
-                        .map_err(ConfigError::Schedule)?,
+                        .map_err(ConfigError::Section)?,
                 )
             }
         };

@@ -155,7 +155,7 @@ fn view(
     heartbeat: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> WorkerView {
-    let pid = r.pid.split('+').next().and_then(|p| p.parse::<u32>().ok());
+    let pid = r.os_pid();
     WorkerView {
         pid,
         kind,

@@ -296,6 +296,11 @@ impl WorkerRecord {
         }
     }
 
+    /// The OS pid: the id's pid part without an ah-worker `+n` slot suffix.
+    pub fn os_pid(&self) -> Option<u32> {
+        self.pid.split('+').next()?.parse().ok()
+    }
+
     /// The ah-worker process registry field (`host:pid`) and slot number of
     /// an id shaped `host:pid+n:queues`.
     pub fn process_slot(&self) -> Option<(String, usize)> {
