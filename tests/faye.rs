@@ -706,12 +706,74 @@ args = "message"
     assert!(arg["id"].is_string());
     assert_eq!(t.int("stat:processed"), 2);
     worker.stop().await;
-    // The bridge's client was destroyed on shutdown.
+    // The bridge's client is shared with the fleet: it stays subscribed for
+    // the other workers with these rules (the Faye servers collect it once
+    // none pings it).
     let members: Vec<String> = t
         .conn
         .smembers(format!("{ns}/channels/jobs/count"))
         .unwrap();
-    assert!(members.is_empty(), "{members:?}");
+    assert_eq!(members.len(), 1, "{members:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_with_the_same_rules_make_one_job_of_each_publish() {
+    let mut t = Ns::new("fayefleet");
+    let ns = faye_ns(&t);
+    let rules = format!(
+        r#"
+namespace = "{ns}"
+timeout = 2
+[[subscribe]]
+channel = "/fleet/*"
+class = "AhWorker::Count"
+queue = "fleet"
+"#
+    );
+    let mut workers = Vec::new();
+    for host in ["fleet-a", "fleet-b", "fleet-c"] {
+        let mut config = t.config(&["fleet"], 2);
+        config.host_name = Some(host.into());
+        config.faye = Some(faye_section(&rules, &t.url));
+        workers.push(InProcess::builtin(config));
+    }
+    wait_for_async(10, "the bridges to subscribe", || {
+        let members: Vec<String> = t.conn.smembers(format!("{ns}/channels/fleet/*")).unwrap();
+        !members.is_empty()
+    })
+    .await;
+    let members: Vec<String> = t.conn.smembers(format!("{ns}/channels/fleet/*")).unwrap();
+    assert_eq!(
+        members.len(),
+        1,
+        "one engine client for the three: {members:?}"
+    );
+    let publisher = Faye::connect(&redis_settings(&t.url, &ns, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let n = 60;
+    for i in 0..n {
+        publisher
+            .publish(
+                &format!("/fleet/m{}", i % 3),
+                json!(["fleetcount", format!("m{i}")]),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for_async(20, "every publish performed", || {
+        t.conn.hlen::<_, usize>(t.key("fleetcount")).unwrap() == n
+    })
+    .await;
+    // Give a duplicate time to show up, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts: std::collections::HashMap<String, i64> =
+        t.conn.hgetall(t.key("fleetcount")).unwrap();
+    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    assert_eq!(t.int("stat:processed"), n as i64);
+    for w in workers {
+        w.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

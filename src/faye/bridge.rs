@@ -2,9 +2,10 @@
 //! messages into jobs, and job events published as jobs start and finish.
 //!
 //! A rule's job is enqueued through the worker's ordinary enqueue path
-//! ([`Services::enqueue`], class locks included). Each ah-worker process with
-//! rules is a Faye subscriber of its own, so N processes with the same rules
-//! enqueue N jobs per message: give the rules to one process of a fleet.
+//! ([`Services::enqueue`], class locks included). Over the redis transport
+//! the processes with the same rules share one engine client
+//! ([`super::Faye::subscribe_shared`]), so a fleet enqueues one job per
+//! message; over HTTP each process is its own client and gets every message.
 //!
 //! Job events go through a bounded buffer to one publishing task, so a job
 //! never waits for Faye; when Faye is slower than the jobs for long enough
@@ -231,7 +232,9 @@ pub fn spawn_bridge(
     let mut patterns: Vec<String> = rules.iter().map(|r| r.channel.clone()).collect();
     patterns.sort();
     patterns.dedup();
-    let mut subscription = faye.subscribe(&patterns, &stop)?;
+    // Shared: a fleet of workers with the same rules makes one job of a
+    // publish, not one each.
+    let mut subscription = faye.subscribe_shared(&patterns, &stop)?;
     let span = tracing::info_span!("faye_bridge", rules = rules.len());
     Ok(Some(tokio::spawn(
         async move {

@@ -179,17 +179,24 @@ impl Engine {
         Ok(n)
     }
 
-    /// Register a new client subscribed to `patterns`; returns its id.
-    async fn register(&self, patterns: &[String]) -> Result<String, FayeError> {
+    /// Register a client subscribed to `patterns`: a new one, or the
+    /// `shared` one (joined if it exists); returns its id.
+    async fn register(
+        &self,
+        patterns: &[String],
+        shared: Option<&str>,
+    ) -> Result<String, FayeError> {
         loop {
-            let id = client_id();
+            let id = shared.map_or_else(client_id, str::to_owned);
             let mut inv = self.scripts.register.prepare_invoke();
             inv.key(self.keys.clients())
                 .key(self.keys.client_channels(&id));
             for p in patterns {
                 inv.key(self.keys.channel(p));
             }
-            inv.arg(&id).arg(now_ms());
+            inv.arg(&id)
+                .arg(now_ms())
+                .arg(if shared.is_some() { "join" } else { "new" });
             for p in patterns {
                 inv.arg(p);
             }
@@ -254,7 +261,9 @@ impl Engine {
             id: None,
         };
         sub.run(&stop).await;
-        if let Some(id) = sub.id.take() {
+        // A shared client stays for the other processes of its group; once
+        // none pings it, the Faye servers collect it.
+        if let Some(id) = sub.id.take().filter(|_| sub.feed.shared.is_none()) {
             super::leave(&id, sub.engine.destroy(&id, &sub.feed.patterns)).await;
         }
     }
@@ -428,7 +437,10 @@ impl EngineSubscriber {
         if let Some(old) = self.id.take() {
             warn!(client = %old, "faye engine client is gone or stale; registering anew, messages meanwhile are lost");
         }
-        let id = self.engine.register(&self.feed.patterns).await?;
+        let id = self
+            .engine
+            .register(&self.feed.patterns, self.feed.shared.as_deref())
+            .await?;
         info!(client = %id, "faye engine client registered");
         self.feed.client(&id);
         self.id = Some(id);

@@ -19,6 +19,11 @@ impl Keys {
         }
     }
 
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
     /// ZSET client id → last ping in ms since the epoch (0: being created or
     /// destroyed).
     pub fn clients(&self) -> String {

@@ -280,6 +280,31 @@ pub fn client_id() -> String {
     base36(&random_160(), 31)
 }
 
+/// The engine client id every process with the same `patterns` on
+/// `namespace` shares: 31 base-36 characters like [`client_id`]'s, but
+/// derived (FNV-1a, fixed across versions) rather than random. Processes
+/// sharing it share one queue, which each drains atomically: each message
+/// goes to exactly one of them.
+pub fn shared_client_id(namespace: &str, patterns: &[String]) -> String {
+    let mut bytes = Vec::with_capacity(20);
+    for seed in [
+        0xcbf2_9ce4_8422_2325u64,
+        0x8422_2325_cbf2_9ce4,
+        0x1000_0000_01b3,
+    ] {
+        let mut h = seed;
+        for part in std::iter::once(namespace).chain(patterns.iter().map(String::as_str)) {
+            for &b in part.as_bytes().iter().chain(&[0u8]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        bytes.extend_from_slice(&h.to_be_bytes());
+    }
+    bytes.truncate(20);
+    base36(&bytes, 31)
+}
+
 /// A message id unique across processes: a random per-process prefix and a
 /// counter (`<8 chars>-<n>`, base 36).
 pub fn message_id() -> String {
@@ -293,6 +318,25 @@ pub fn message_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_client_id_is_derived_from_the_namespace_and_patterns() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let id = shared_client_id("faye:", &p(&["/a/*", "/b"]));
+        assert_eq!(id.len(), 31);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+        assert_eq!(id, shared_client_id("faye:", &p(&["/a/*", "/b"])));
+        assert_ne!(id, shared_client_id("faye:", &p(&["/a/*"])));
+        assert_ne!(id, shared_client_id("other:", &p(&["/a/*", "/b"])));
+        // Parts are separated: ("ab", "c") is not ("a", "bc").
+        assert_ne!(
+            shared_client_id("ab", &p(&["c"])),
+            shared_client_id("a", &p(&["bc"]))
+        );
+    }
     use serde_json::json;
 
     #[test]

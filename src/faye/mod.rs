@@ -262,6 +262,28 @@ impl Faye {
         patterns: &[String],
         stop: &CancellationToken,
     ) -> Result<Subscription, FayeError> {
+        self.subscribe_as(patterns, false, stop)
+    }
+
+    /// Subscribe as one of a group of competing consumers: over the redis
+    /// transport every process subscribing the same `patterns` shares one
+    /// engine client, so each message reaches **one** of them (the bridge
+    /// uses this, so a fleet turns a publish into one job). Over HTTP each
+    /// process is its own client and gets every message.
+    pub fn subscribe_shared(
+        &self,
+        patterns: &[String],
+        stop: &CancellationToken,
+    ) -> Result<Subscription, FayeError> {
+        self.subscribe_as(patterns, true, stop)
+    }
+
+    fn subscribe_as(
+        &self,
+        patterns: &[String],
+        shared: bool,
+        stop: &CancellationToken,
+    ) -> Result<Subscription, FayeError> {
         for p in patterns {
             checked(p, channel::check_subscribe)?;
         }
@@ -270,10 +292,17 @@ impl Faye {
         // stalled pings, and a stale subscriber loses its messages anyway.
         let (tx, rx) = mpsc::unbounded_channel();
         let (id_tx, id_rx) = watch::channel(None);
+        let shared = match &self.inner.conn {
+            Conn::Redis(e) if shared => {
+                Some(message::shared_client_id(e.keys().namespace(), patterns))
+            }
+            _ => None,
+        };
         let feed = Feed {
             patterns: patterns.to_vec(),
             messages: tx,
             client: id_tx,
+            shared,
         };
         let stop = stop.child_token();
         let span = tracing::info_span!("faye_subscription", patterns = ?patterns);
@@ -301,6 +330,9 @@ struct Feed {
     messages: mpsc::UnboundedSender<Message>,
     /// The client id holding the subscription now.
     client: watch::Sender<Option<String>>,
+    /// A client id shared with every process subscribing the same patterns
+    /// (redis transport only): each message reaches one of them.
+    shared: Option<String>,
 }
 
 impl Feed {
