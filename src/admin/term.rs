@@ -92,7 +92,7 @@ impl Table {
     }
 
     /// The lines of the table, two spaces between columns, fitting `width`
-    /// by cutting the `shrink` columns (never below [`MIN_COLUMN`]), then
+    /// by cutting the `shrink` columns (never below `MIN_COLUMN`), then
     /// the lines.
     pub fn render(&self, width: Option<usize>) -> Vec<String> {
         let n = self.headers.len();

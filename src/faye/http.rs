@@ -6,7 +6,7 @@
 //! pattern, then messages either pushed down an event stream (`GET
 //! <mount>/<clientId>`, Faye's `eventsource` connection type) while
 //! `/meta/connect`s, answered at once, keep the client alive; or pushed as
-//! frames on a WebSocket ([`websocket`], where the whole session runs on
+//! frames on a WebSocket (`websocket`, where the whole session runs on
 //! the socket); or in the replies to `/meta/connect` long polls. Each way
 //! one connect is outstanding at a time (a second for the same client id would leave the
 //! first unanswered forever). A `401`, or advice `reconnect: "handshake"`,
