@@ -617,3 +617,88 @@ fn broken_plugins_stop_start_up_with_status_2_and_a_precise_message() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A Node HTTPS server with `cert`/`key` that appends each request body to
+/// `log` and answers 200; returns it and its port.
+fn https_server(dir: &std::path::Path, log: &std::path::Path) -> (std::process::Child, u16) {
+    use std::io::BufRead as _;
+    let script = r#"
+const https = require('https'), fs = require('fs');
+const [key, cert, log] = process.argv.slice(1);
+const server = https.createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (req, res) => {
+  let body = '';
+  req.on('data', (d) => (body += d));
+  req.on('end', () => { fs.appendFileSync(log, body + '\n'); res.writeHead(200); res.end('ok'); });
+});
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+"#;
+    let mut child = std::process::Command::new("node")
+        .args(["-e", script])
+        .arg(dir.join("web-server.key"))
+        .arg(dir.join("web-server.pem"))
+        .arg(log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node must be installed");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (
+        child,
+        line.trim().parse().expect("the server prints its port"),
+    )
+}
+
+#[test]
+fn an_http_plugin_speaks_https_checked_against_the_trusted_roots() {
+    let mut t = Ns::new("https");
+    let dir = crate::util::TempDir::new("https");
+    crate::util::certificates(&dir.0, "web");
+    crate::util::certificates(&dir.0, "other");
+    let log = dir.0.join("requests.log");
+    let (server, port) = https_server(&dir.0, &log);
+    let _server = crate::util::KillOnDrop(server);
+    let config = crate::util::ConfigFile::new(
+        "https",
+        &format!(
+            r#"
+[[plugins]]
+name = "secure"
+kind = "http"
+classes = ["Https::*"]
+url = "https://localhost:{port}/jobs"
+timeout = "5s"
+"#
+        ),
+    );
+    let run = |t: &Ns, env: &[(&str, std::path::PathBuf)]| {
+        let mut c = t.bin();
+        c.args(["--config", config.arg(), "--queues", "q", "--interval", "0"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // Trusted through SSL_CERT_FILE: the job is POSTed over TLS.
+    t.push("q", &job("Https::Ok", json!([1])));
+    run(&t, &[("SSL_CERT_FILE", dir.0.join("web-ca.pem"))]);
+    let posted = std::fs::read_to_string(&log).unwrap();
+    assert!(posted.contains(r#""class":"Https::Ok""#), "{posted}");
+    assert_eq!(t.int("stat:processed"), 1);
+    assert!(t.failures().is_empty(), "{:?}", t.failures());
+
+    // A certificate no trusted root signed (the trusted CA is another
+    // one): the job fails, nothing is sent.
+    t.push("q", &job("Https::Ok", json!([2])));
+    run(&t, &[("SSL_CERT_FILE", dir.0.join("other-ca.pem"))]);
+    let failures = t.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), posted);
+}

@@ -2,92 +2,12 @@
 //! certificates), an ACL user and a database index, and a Sentinel-managed
 //! master that fails over in the middle of a run without losing a job.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::util::{self, Ns, TempDir, free_port, start_redis, start_sentinel, wait_for};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl must be installed (scripts/install-deps)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA `<name>-ca.pem` and, signed by it, `<name>-server.pem` for
-/// localhost and `<name>-client.pem` (keys next to them).
-fn certificates(dir: &Path, name: &str) {
-    let ca = format!("{name}-ca");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={ca}"),
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.pem"),
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    for who in ["server", "client"] {
-        let base = format!("{name}-{who}");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                &format!("{base}.key"),
-                "-out",
-                &format!("{base}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &format!("{base}.csr"),
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-extfile",
-                "san.ext",
-                "-out",
-                &format!("{base}.pem"),
-            ],
-        );
-    }
-}
+use crate::util::{
+    self, Ns, TempDir, certificates, free_port, start_redis, start_sentinel, wait_for,
+};
 
 fn run(mut cmd: Command) -> Output {
     util::wait_output(

@@ -80,7 +80,7 @@ impl Bayeux {
         ext: Option<Value>,
         timeout: Duration,
     ) -> Result<Bayeux, FayeError> {
-        let http = reqwest::Client::builder()
+        let http = crate::plugin::http::client_builder()
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|source| FayeError::Http {

@@ -225,6 +225,9 @@ impl Settings {
                 let connection = match raw.connection.as_deref() {
                     None | Some("eventsource") => super::http::Connection::EventSource,
                     Some("long-polling") => super::http::Connection::LongPolling,
+                    Some("websocket") if url.starts_with("https:") => {
+                        return Err("[faye] connection = \"websocket\" needs an http:// url (wss is not built in); use eventsource with https".into());
+                    }
                     Some("websocket") => super::http::Connection::WebSocket,
                     Some(other) => {
                         return Err(format!(
@@ -411,6 +414,9 @@ args = "message"
                 connection: crate::faye::http::Connection::WebSocket
             }
         );
+        let https = "[faye]\ntransport = \"http\"\nurl = \"https://h:1/faye\"\n";
+        assert!(parse(https).is_ok());
+        assert!(err(&format!("{https}connection = \"websocket\"\n")).contains("wss"));
         assert!(err("[faye]\nnamspace = \"x\"\n").contains("namspace"));
         assert!(
             err("[faye]\n[[faye.subscribe]]\nchannel = \"/a.b\"\nclass = \"X\"\n").contains("/a.b")

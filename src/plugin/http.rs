@@ -1,8 +1,8 @@
 //! `http` plugins: the job object is POSTed as JSON to a URL over a
 //! keep-alive connection pool; a 2xx answer is success.
 //!
-//! This build speaks plain HTTP only: point the plugin at a handler on
-//! loopback or behind a local TLS-terminating proxy.
+//! `https://` URLs are checked against the system's roots (rustls with the
+//! platform verifier, which also reads `SSL_CERT_FILE` / `SSL_CERT_DIR`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,13 +23,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
     let parsed =
         reqwest::Url::parse(url).map_err(|e| format!("`url` {url:?} is not a valid URL: {e}"))?;
     match parsed.scheme() {
-        "http" if parsed.host().is_some() => Ok(()),
-        "http" => Err(format!("`url` {url:?} has no host")),
-        "https" => Err(format!(
-            "`url` {url:?}: https is not supported by this build; use http on loopback or a local TLS proxy"
+        "http" | "https" if parsed.host().is_some() => Ok(()),
+        "http" | "https" => Err(format!("`url` {url:?} has no host")),
+        other => Err(format!(
+            "`url` {url:?}: scheme {other:?} is not http or https"
         )),
-        other => Err(format!("`url` {url:?}: scheme {other:?} is not http")),
     }
+}
+
+/// An HTTP client builder whose TLS uses the process's rustls provider
+/// (ring, the one `rediss://` uses), installed on first use.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Fails only when another provider is already the default: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
 }
 
 /// Check a header at start-up.
@@ -62,7 +72,7 @@ impl HttpPlugin {
             let value = HeaderValue::from_str(v).map_err(|e| e.to_string())?;
             map.insert(name, value);
         }
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .default_headers(map)
             .timeout(spec.timeout)
             .pool_max_idle_per_host(POOL_IDLE)
