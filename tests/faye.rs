@@ -1120,13 +1120,17 @@ impl FayeConfig {
         FayeConfig(path)
     }
 
+    /// `ah-worker --config <this> <args>`.
+    fn command(&self, t: &Ns, args: &[&str]) -> Command {
+        let mut c = t.bin();
+        c.arg("--config").arg(&self.0).args(args);
+        c
+    }
+
     /// `ah-worker --config <this> faye subscribe <patterns>`.
     fn subscribe(&self, t: &Ns, patterns: &[&str]) -> Command {
-        let mut c = t.bin();
-        c.arg("--config")
-            .arg(&self.0)
-            .args(["faye", "subscribe"])
-            .args(patterns);
+        let mut c = self.command(t, &["faye", "subscribe"]);
+        c.args(patterns);
         c
     }
 }
@@ -1309,5 +1313,84 @@ async fn a_websocket_session_runs_on_its_socket_and_rebinds_after_a_server_resta
         ours.iter()
             .all(|c| c["connectionType"] == json!("websocket")),
         "{ours:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_transport_speaks_https_to_a_faye_server() {
+    let mut t = Ns::new("fayehttps");
+    let ns = faye_ns(&t);
+    let dir = crate::util::TempDir::new("fayehttps");
+    crate::util::certificates(&dir.0, "faye");
+    let key = dir.0.join("faye-server.key").display().to_string();
+    let cert = dir.0.join("faye-server.pem").display().to_string();
+    // Two servers on one faye-redis namespace: ours speaks HTTPS, the Node
+    // client's plain HTTP; faye-redis carries the messages between them.
+    let secure = FayeServer::redis(&t.url, &ns, 2.0, 60)
+        .with_env(&[("FAYE_TLS_KEY", &key), ("FAYE_TLS_CERT", &cert)]);
+    let plain = FayeServer::redis(&t.url, &ns, 2.0, 60);
+    let node = NodeSubscriber::start(&plain, &["/secure/**"]).await;
+    let config = FayeConfig::new(
+        &t,
+        "https",
+        &format!(
+            "transport = \"http\"\nurl = \"https://localhost:{}/faye\"\ntimeout = 2",
+            secure.port
+        ),
+    );
+    let ca = dir.0.join("faye-ca.pem");
+
+    // Publish over HTTPS, trusted through SSL_CERT_FILE.
+    let out = config
+        .command(&t, &["faye", "publish", "/secure/a", r#"{"over":"tls"}"#])
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = node.wait(1, "the publish over https").await;
+    assert_eq!(
+        got[0],
+        json!({"channel": "/secure/a", "data": {"over": "tls"}})
+    );
+
+    // Subscribe over HTTPS: a Node publish reaches the CLI.
+    let mut child = config
+        .subscribe(&t, &["/secure/**"])
+        .env("SSL_CERT_FILE", &ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = json_lines(child.stdout.take().unwrap(), "ah-worker faye subscribe");
+    wait_for_async(10, "the cli to subscribe over https", || {
+        subscribers(&mut t, &ns, "/secure/**").len() >= 2
+    })
+    .await;
+    node_publish(&plain, "/secure/b", json!({"n": 2})).await;
+    wait_for_async(10, "the message printed", || {
+        !printed.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        printed.lock().unwrap()[0],
+        json!({"channel": "/secure/b", "data": {"n": 2}})
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Without the CA trusted, the publish fails with exit 1.
+    let out = config
+        .command(&t, &["faye", "publish", "/secure/a", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

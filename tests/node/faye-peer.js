@@ -18,6 +18,7 @@
 //   FAYE_LOG    if set: the server appends one JSON line per /meta/subscribe
 //               and /meta/connect it receives to this file:
 //               {"channel","clientId","subscription"|"connectionType","refused":bool}
+//   FAYE_TLS_KEY, FAYE_TLS_CERT  if set (PEM files): the server speaks HTTPS
 //
 // Commands:
 //   server PORT NAMESPACE TIMEOUT_S [memory] [GC_S]
@@ -118,10 +119,15 @@ function server(args) {
       },
     });
   }
-  const web = http.createServer((req, res) => {
+  const notFound = (req, res) => {
     res.writeHead(404);
     res.end();
-  });
+  };
+  // FAYE_TLS_KEY and FAYE_TLS_CERT (PEM files): serve HTTPS instead.
+  const tls = process.env.FAYE_TLS_KEY
+    ? { key: fs.readFileSync(process.env.FAYE_TLS_KEY), cert: fs.readFileSync(process.env.FAYE_TLS_CERT) }
+    : null;
+  const web = tls ? require("https").createServer(tls, notFound) : http.createServer(notFound);
   bayeux.attach(web);
   web.listen(port, "127.0.0.1", () => emit({ listening: port }));
   // Exit at once: held long-polls and sockets would keep close() waiting.
