@@ -311,14 +311,12 @@ async fn chat_room_members_round_trip_in_both_layouts() {
 #[test]
 fn the_cli_reads_and_writes_the_shared_state() {
     let t = Ns::new("ahcli");
-    let config = std::env::temp_dir().join(format!("ah-worker-{}-ah.toml", t.ns));
-    std::fs::write(
-        &config,
-        format!("[actionhero]\nprefix = \"{}\"\n", prefix(&t)),
-    )
-    .unwrap();
+    let config = crate::util::ConfigFile::new(
+        &t.ns,
+        &format!("[actionhero]\nprefix = \"{}\"\n", prefix(&t)),
+    );
     let run = |args: &[&str]| {
-        let mut all = vec!["--config", config.to_str().unwrap()];
+        let mut all = vec!["--config", config.arg()];
         all.extend_from_slice(args);
         let o = t.bin().args(&all).output().unwrap();
         (

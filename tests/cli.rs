@@ -46,20 +46,18 @@ fn a_bad_environment_value_exits_2() {
 #[test]
 fn a_bad_config_file_exits_2_naming_the_file_and_problem() {
     let t = Ns::new("badfile");
-    let path = std::env::temp_dir().join(format!("ah-worker-bad-{}.toml", std::process::id()));
-    std::fs::write(&path, "queues = [\"a\"]\nshutdown_timeout = \"forever\"\n").unwrap();
-    let o = run(&t, &["--config", path.to_str().unwrap()], &[]);
+    let config =
+        crate::util::ConfigFile::new(&t.ns, "queues = [\"a\"]\nshutdown_timeout = \"forever\"\n");
+    let o = run(&t, &["--config", config.arg()], &[]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
-        e.contains("\"forever\"")
-            && e.contains("shutdown_timeout")
-            && e.contains(path.to_str().unwrap()),
+        e.contains("\"forever\"") && e.contains("shutdown_timeout") && e.contains(config.arg()),
         "{e}"
     );
 
-    std::fs::write(&path, "queues = [\"a\"\n").unwrap();
-    let o = run(&t, &["--config", path.to_str().unwrap()], &[]);
+    config.write("queues = [\"a\"\n");
+    let o = run(&t, &["--config", config.arg()], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("invalid config file"), "{}", stderr(&o));
 

@@ -18,7 +18,7 @@ use redis::Commands;
 use serde_json::{Value, json};
 
 use crate::util::{
-    InProcess, Ns, free_port, root, signal, start_redis, wait_for_async, wait_output,
+    InProcess, Ns, free_port, root, signal, start_redis, wait_for_async, wait_output_async,
 };
 
 /// The Node peer script.
@@ -891,22 +891,12 @@ async fn say_and_publish_from_the_cli_reach_node_clients() {
     let ns = faye_ns(&t);
     let server = FayeServer::redis(&t.url, &ns, 2.0, 60);
     let node = NodeSubscriber::start(&server, &["/actionhero/chat/chat", "/cli/*"]).await;
-    let config = std::env::temp_dir().join(format!("{}.toml", t.ns));
-    std::fs::write(
-        &config,
-        format!(
-            "[faye]\nnamespace = \"{ns}\"\nserver_token = \"tok3n\"\nserver_id = \"worker-7\"\n"
-        ),
-    )
-    .unwrap();
-    let cli = |args: &[&str]| {
-        t.bin()
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let config = FayeConfig::new(
+        &t,
+        "cli",
+        &format!("namespace = \"{ns}\"\nserver_token = \"tok3n\"\nserver_id = \"worker-7\""),
+    );
+    let cli = |args: &[&str]| config.command(&t, args).output().unwrap();
     let before = chrono::Utc::now().timestamp_millis();
     for args in [
         &["say", "lobby", "hello from rust"][..],
@@ -939,7 +929,6 @@ async fn say_and_publish_from_the_cli_reach_node_clients() {
     let out = cli(&["faye", "publish", "/cli.x", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid channel \"/cli.x\""));
-    let _ = std::fs::remove_file(config);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1110,20 +1099,22 @@ async fn worker_starts_while_the_faye_server_is_down_and_bridges_once_it_answers
     faye_comes_up_after_the_worker("http").await;
 }
 
-/// A config file holding `[faye]` with `body`, removed on drop.
-struct FayeConfig(std::path::PathBuf);
+/// A config file holding `[faye]` with `body` (removed on drop, as every
+/// [`crate::util::ConfigFile`]).
+struct FayeConfig(crate::util::ConfigFile);
 
 impl FayeConfig {
     fn new(t: &Ns, name: &str, body: &str) -> FayeConfig {
-        let path = std::env::temp_dir().join(format!("{}-{name}.toml", t.ns));
-        std::fs::write(&path, format!("[faye]\n{body}\n")).unwrap();
-        FayeConfig(path)
+        FayeConfig(crate::util::ConfigFile::new(
+            &format!("{}-{name}", t.ns),
+            &format!("[faye]\n{body}\n"),
+        ))
     }
 
     /// `ah-worker --config <this> <args>`.
     fn command(&self, t: &Ns, args: &[&str]) -> Command {
         let mut c = t.bin();
-        c.arg("--config").arg(&self.0).args(args);
+        c.args(["--config", self.0.arg()]).args(args);
         c
     }
 
@@ -1147,15 +1138,7 @@ fn read_log(log: &std::path::Path) -> Vec<Value> {
 /// TERM `child` and wait (10 s at most) for its exit and output.
 async fn terminate(child: Child) -> std::process::Output {
     signal(&child, "TERM");
-    tokio::task::spawn_blocking(move || wait_output(child, 10))
-        .await
-        .unwrap()
-}
-
-impl Drop for FayeConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    wait_output_async(child, 10).await
 }
 
 /// The Faye clients subscribed to `channel` (a name or pattern) on `ns`.

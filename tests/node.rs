@@ -10,7 +10,7 @@ use ah_worker::handler::Registry;
 use redis::Commands;
 use serde_json::{Value, json};
 
-use crate::util::{InProcess, Ns, wait_for_async, wait_output};
+use crate::util::{InProcess, Ns, wait_for_async, wait_output_async};
 
 fn host() -> String {
     ah_worker::app::hostname()
@@ -121,9 +121,7 @@ async fn node_worker_and_ah_worker_drain_one_queue_exactly_once() {
     let mut config = t.config(&["shared"], 4);
     config.interval = Duration::ZERO;
     let report = InProcess::start(config, registry).join().await;
-    let out = tokio::task::spawn_blocking(move || wait_output(node, 150))
-        .await
-        .unwrap();
+    let out = wait_output_async(node, 150).await;
     assert!(
         out.status.success(),
         "{}",

@@ -12,7 +12,7 @@ use ah_worker::worker::policy::{ClassPolicy, Policies};
 use redis::Commands;
 use serde_json::json;
 
-use crate::util::{InProcess, Ns, wait_for_async, wait_output};
+use crate::util::{InProcess, Ns, wait_for_async, wait_output, wait_output_async};
 
 fn policies(toml_text: &str) -> Policies {
     let v: toml::Value = toml::from_str(toml_text).unwrap();
@@ -38,11 +38,10 @@ fn registry(runs: Arc<AtomicUsize>) -> Registry {
     r
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retries_go_through_the_delayed_queue_and_fail_after_the_last_attempt() {
-    let mut t = Ns::new("retry");
-    t.push("q", br#"{"class":"FlakyJob","queue":"q","args":[7]}"#);
-    let mut config = t.config(&["q"], 1);
+/// Run a worker (with the scheduler) on `queue` whose `FlakyJob` retries 3
+/// times 1 s apart, until the job's final failure is recorded.
+async fn retry_flaky_until_it_fails(t: &mut Ns, queue: &str) {
+    let mut config = t.config(&[queue], 1);
     config.scheduler = true;
     config.policies = policies(
         "[[classes]]\nclasses = [\"FlakyJob\"]\nretry = { attempts = 3, backoff = [\"1s\"] }\n",
@@ -50,6 +49,13 @@ async fn retries_go_through_the_delayed_queue_and_fail_after_the_last_attempt() 
     let w = InProcess::start(config, registry(Arc::default()));
     wait_for_async(30, "the final failure", || t.list("failed").len() == 1).await;
     w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_go_through_the_delayed_queue_and_fail_after_the_last_attempt() {
+    let mut t = Ns::new("retry");
+    t.push("q", br#"{"class":"FlakyJob","queue":"q","args":[7]}"#);
+    retry_flaky_until_it_fails(&mut t, "q").await;
     // node-resque's accounting: retried attempts count as failures only.
     assert_eq!(t.int("stat:failed"), 3);
     assert_eq!(t.int("stat:processed"), 1);
@@ -78,9 +84,7 @@ async fn retry_attempts_keep_counting_between_node_resque_and_ah_worker() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = tokio::task::spawn_blocking(move || wait_output(node, 60))
-        .await
-        .unwrap();
+    let out = wait_output_async(node, 60).await;
     assert!(
         out.status.success(),
         "{}",
@@ -94,14 +98,7 @@ async fn retry_attempts_keep_counting_between_node_resque_and_ah_worker() {
         Some("0")
     );
     // ah-worker moves and runs the rest, counting in the same keys.
-    let mut config = t.config(&["flaky"], 1);
-    config.scheduler = true;
-    config.policies = policies(
-        "[[classes]]\nclasses = [\"FlakyJob\"]\nretry = { attempts = 3, backoff = [\"1s\"] }\n",
-    );
-    let w = InProcess::start(config, registry(Arc::default()));
-    wait_for_async(30, "the final failure", || t.list("failed").len() == 1).await;
-    w.stop().await;
+    retry_flaky_until_it_fails(&mut t, "flaky").await;
     let f = t.failures();
     assert_eq!(
         f[0]["error"],
@@ -181,12 +178,10 @@ async fn job_lock_keeps_identical_jobs_apart_and_honours_a_node_held_lock() {
 #[test]
 fn a_job_lock_holder_killed_mid_job_frees_the_lock_by_its_ttl() {
     let mut t = Ns::new("lockkill");
-    let dir = std::env::temp_dir().join(format!("ah-worker-{}-lockkill.toml", t.ns));
-    std::fs::write(
-        &dir,
+    let config = crate::util::ConfigFile::new(
+        &t.ns,
         "[[classes]]\nclasses = [\"AhWorker::Sleep\"]\njob_lock = { timeout = \"3s\" }\n",
-    )
-    .unwrap();
+    );
     t.push(
         "q",
         br#"{"class":"AhWorker::Sleep","queue":"q","args":[30]}"#,
@@ -198,7 +193,7 @@ fn a_job_lock_holder_killed_mid_job_frees_the_lock_by_its_ttl() {
         "1",
         "--scheduler",
         "--config",
-        dir.to_str().unwrap(),
+        config.arg(),
     ];
     let mut holder = t
         .bin()
@@ -241,14 +236,12 @@ fn a_job_lock_holder_killed_mid_job_frees_the_lock_by_its_ttl() {
 #[test]
 fn queue_lock_and_delay_queue_lock_veto_duplicate_enqueues() {
     let mut t = Ns::new("queuelock");
-    let config = std::env::temp_dir().join(format!("ah-worker-{}-ql.toml", t.ns));
-    std::fs::write(
-        &config,
+    let config = crate::util::ConfigFile::new(
+        &t.ns,
         "[[classes]]\nclasses = [\"Report\"]\nqueue_lock = { timeout = \"1h\" }\n\n[[classes]]\nclasses = [\"Digest\"]\ndelay_queue_lock = true\n",
-    )
-    .unwrap();
+    );
     let enqueue = |t: &Ns, extra: &[&str]| {
-        let mut args = vec!["--config", config.to_str().unwrap(), "enqueue"];
+        let mut args = vec!["--config", config.arg(), "enqueue"];
         args.extend_from_slice(extra);
         let o = t.bin().args(&args).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

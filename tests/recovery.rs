@@ -9,7 +9,9 @@ use ah_worker::worker::DeadWorkerJobs;
 use redis::Commands;
 use serde_json::json;
 
-use crate::util::{InProcess, Ns, signal, start_redis, wait_for, wait_for_async, wait_output};
+use crate::util::{
+    InProcess, Ns, signal, start_redis, wait_for, wait_for_async, wait_output, wait_output_async,
+};
 
 fn host() -> String {
     ah_worker::app::hostname()
@@ -407,7 +409,7 @@ async fn node_resques_stuck_worker_cleanup_leaves_a_live_ah_worker_alone() {
     );
     assert!(t.failures().is_empty(), "{:?}", t.failures());
     signal(&node, "TERM");
-    let _ = tokio::task::spawn_blocking(move || wait_output(node, 20)).await;
+    let _ = wait_output_async(node, 20).await;
     w.stop().await;
 }
 

@@ -334,12 +334,10 @@ fn the_schedule_command_lists_delayed_jobs_and_the_leader() {
 #[test]
 fn a_recurring_schedule_on_three_nodes_enqueues_one_job_per_tick_across_a_leader_kill() {
     let mut t = Ns::new("recurring");
-    let config = std::env::temp_dir().join(format!("ah-worker-{}-recurring.toml", t.ns));
-    std::fs::write(
-        &config,
+    let config = crate::util::ConfigFile::new(
+        &t.ns,
         "[[schedules]]\nname = \"heartbeat\"\nevery = \"1s\"\nclass = \"AhWorker::Noop\"\nqueue = \"ticks\"\nargs = [\"tick\"]\n",
-    )
-    .unwrap();
+    );
     let start = |t: &Ns| {
         t.bin()
             .args([
@@ -349,7 +347,7 @@ fn a_recurring_schedule_on_three_nodes_enqueues_one_job_per_tick_across_a_leader
                 "-c",
                 "1",
                 "--config",
-                config.to_str().unwrap(),
+                config.arg(),
             ])
             .env("AH_WORKER_SCHEDULER_LOCK_TTL", "2s")
             .stdout(Stdio::null())
@@ -402,17 +400,11 @@ fn a_recurring_schedule_on_three_nodes_enqueues_one_job_per_tick_across_a_leader
 #[test]
 fn a_bad_schedule_stops_start_up_with_status_2() {
     let t = Ns::new("badschedule");
-    let config = std::env::temp_dir().join(format!("ah-worker-{}-bad.toml", t.ns));
-    std::fs::write(
-        &config,
+    let config = crate::util::ConfigFile::new(
+        &t.ns,
         "[[schedules]]\nname = \"nightly\"\ncron = \"0 99 * * *\"\nclass = \"Report\"\n",
-    )
-    .unwrap();
-    let out = t
-        .bin()
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    );
+    let out = t.bin().args(["--config", config.arg()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("\"nightly\"") && e.contains("cron"), "{e}");

@@ -411,6 +411,13 @@ pub fn wait_output(mut child: Child, secs: u64) -> Output {
     }
 }
 
+/// [`wait_output`] from async tests, off the runtime's threads.
+pub async fn wait_output_async(child: Child, secs: u64) -> Output {
+    tokio::task::spawn_blocking(move || wait_output(child, secs))
+        .await
+        .unwrap()
+}
+
 /// Read a fixture file.
 pub fn fixture(name: &str) -> serde_json::Value {
     let path: &Path = &root().join("tests/fixtures").join(name);
@@ -519,7 +526,9 @@ impl Drop for TempDir {
     }
 }
 
-/// A config file the test rewrites between reloads.
+/// A config file in the temp directory, named after `test` (unique per
+/// test: a namespace does), removed when dropped; it can be rewritten at
+/// once (between reloads).
 pub struct ConfigFile(PathBuf);
 
 impl ConfigFile {
