@@ -193,9 +193,7 @@ impl<'a> Supervisor<'a> {
         let mut usr2 = signal(SignalKind::user_defined2())?;
         let mut cont = signal(SignalKind::from_raw(Signal::SIGCONT as i32))?;
         let watchdog = crate::systemd::watchdog_from_env();
-        let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(1), |w| {
-            (w / 2).min(Duration::from_secs(1))
-        }));
+        let mut tick = tokio::time::interval(systemd::tick_every(watchdog));
         for slot in 0..self.processes {
             self.spawn(slot)?;
         }

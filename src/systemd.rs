@@ -164,6 +164,13 @@ fn watchdog(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> 
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
+/// How often a process that tells systemd its status ticks: every
+/// [`STATUS_EVERY`], or every half `watchdog` period if that is shorter
+/// (`sd_watchdog_enabled(3)` advises pinging at half the period).
+pub fn tick_every(watchdog: Option<Duration>) -> Duration {
+    watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY))
+}
+
 /// How often the job loop must turn to feed a watchdog of `period`: four
 /// turns per period, so one late turn does not withhold a ping.
 pub fn pulse_for(period: Option<Duration>) -> Duration {
@@ -192,7 +199,7 @@ pub fn spawn(
     let mut phases = vitals.subscribe();
     tokio::spawn(
         async move {
-            let every = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
+            let every = tick_every(watchdog);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut speaker = Speaker {
